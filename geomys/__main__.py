@@ -1,0 +1,6 @@
+"""`python -m geomys`: run the server."""
+
+from .app import main
+
+if __name__ == "__main__":
+    main()

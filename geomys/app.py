@@ -1,0 +1,164 @@
+"""Wiring: config -> logging -> store -> AOF replay -> engine -> TCP server.
+
+`main` is the `geomys` console script. `GeomysNode` owns the pieces and the
+order in which they start and stop; the main thread only waits for a signal.
+"""
+
+import logging
+import signal
+import sys
+import threading
+from typing import Optional
+
+from . import __version__, config as config_mod, records
+from .aof import AofError, AppendOnlyFile, repair
+from .clock import SystemClock
+from .config import Config
+from .engine import Engine
+from .net import GeomysServer
+from .store import Store
+
+logger = logging.getLogger("geomys")
+
+SWEEP_INTERVAL_SECONDS = 0.1
+SWEEP_BATCH = 1000
+
+
+class _NodeIdFilter(logging.Filter):
+    """Adds the node id to every log record, so interleaved cluster logs stay readable."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node_id = self.node_id
+        return True
+
+
+def setup_logging(config: Config) -> None:
+    """Configure the root logger once: level, destination, node id on every line."""
+    handler = logging.FileHandler(config.log_file) if config.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s.%(msecs)03d node=%(node_id)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(_NodeIdFilter(config.node_id))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level)
+
+
+class GeomysNode:
+    """One running Geomys server and everything it owns."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clock = SystemClock()
+        self.store = Store()
+        self.engine = Engine(self.store, self.clock, requirepass=config.requirepass)
+        self.aof: Optional[AppendOnlyFile] = None
+        self.server: Optional[GeomysServer] = None
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Open and replay the AOF, bind the port, start serving. Raises OSError/AofError."""
+        config = self.config
+        if config.persistence != "none":
+            self._open_aof()
+        self.server = GeomysServer((config.host, config.port), self.engine,
+                                   config.max_clients, config.max_request_bytes)
+        self.engine.add_info_source(self._info)
+        self._spawn("sweeper", self._sweep_loop)
+        self._spawn("acceptor", self.server.serve_forever)
+        logger.info("Geomys %s started: node %d serving clients on %s:%d (persistence=%s)",
+                    __version__, config.node_id, config.host, config.port, config.persistence)
+
+    def _open_aof(self) -> None:
+        config = self.config
+        self.aof = AppendOnlyFile(config.persistence_path, config.persistence,
+                                  flush_interval_ms=config.flush_interval_ms,
+                                  compact_min_bytes=config.compact_min_bytes,
+                                  compact_growth_percent=config.compact_growth_percent)
+        self.aof.open()
+        store = self.store
+        with store.lock:
+            count = self.aof.replay(lambda record: records.apply(store, record))
+        logger.info("replayed %d records from %s (%d keys)", count, config.persistence_path, len(store))
+        self.aof.start(store.lock, self._snapshot)
+        self.engine.add_sink(self.aof)
+        self.engine.set_compactor(self.aof.compact)
+        self.engine.add_info_source(lambda: {"persistence": self.aof.info()})
+
+    def _snapshot(self) -> list:
+        """The effect records that rebuild the current keyspace (caller holds store.lock)."""
+        return self.store.snapshot()
+
+    def _info(self) -> dict:
+        config = self.config
+        info = {
+            "node_id": config.node_id,
+            "role": "standalone",
+            "leader_id": None,
+            "leader_address": None,
+            "term": 0,
+            "nodes": {},
+            "address": "%s:%d" % (config.advertise_host, config.port),
+        }
+        if self.aof is None:
+            info["persistence"] = {"mode": "none"}
+        return info
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _sweep_loop(self) -> None:
+        """Remove expired keys in small batches so they do not pile up unread."""
+        while not self._stopping.wait(SWEEP_INTERVAL_SECONDS):
+            while self.engine.sweep_expired(SWEEP_BATCH) == SWEEP_BATCH and not self._stopping.is_set():
+                pass
+
+    def stop(self) -> None:
+        """Stop accepting, stop the sweeper, flush and close the AOF."""
+        self._stopping.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.aof is not None:
+            self.aof.close()
+        logger.info("node %d stopped", self.config.node_id)
+
+
+def main(argv=None) -> None:
+    """Entry point of the `geomys` command."""
+    config = config_mod.load(argv)
+    setup_logging(config)
+    if config.repair:
+        sys.exit(repair(config.persistence_path))
+    if config.mode != "standalone":
+        _fail("cluster mode (bootstrap/join) is not available in this version")
+    stop_requested = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop_requested.set())
+    node = GeomysNode(config)
+    try:
+        node.start()
+    except OSError as exc:
+        _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
+    except AofError as exc:
+        _fail(str(exc))
+    while not stop_requested.wait(1.0):
+        pass
+    logger.info("stop requested; shutting down")
+    node.stop()
+    sys.exit(0)
+
+
+def _fail(message: str) -> None:
+    """Report a start-up failure in one line and exit with status 2."""
+    if logging.getLogger().handlers and not isinstance(logging.getLogger().handlers[0], logging.FileHandler):
+        logging.getLogger().handlers.clear()  # stderr gets the one line below, not two
+    logger.error("%s", message)
+    sys.stderr.write("geomys: error: %s\n" % message)
+    sys.exit(2)

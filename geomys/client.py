@@ -1,0 +1,9 @@
+"""Client library (placeholder)."""
+
+
+class Client:
+    pass
+
+
+class Pipeline:
+    pass

@@ -1,0 +1,31 @@
+"""String commands: SET and GET. Handlers run with the store lock held."""
+
+from collections import deque
+
+from ..errors import KeyExists, NotFound, WrongType, describe_key
+from .table import OK, WRITE, CommandSpec, Field, to_key, to_str, to_ttl_ms
+
+
+def set_(store, ctx, key, value, ttl_ms):
+    """SET key value [exp] -> OK. Never overwrites: an existing key is KEY_EXISTS."""
+    if store.get(key, ctx.now_ms) is not None:
+        raise KeyExists("key %s already exists" % describe_key(key))
+    store.put(key, value, None if ttl_ms is None else ctx.now_ms + ttl_ms)
+    return OK
+
+
+def get(store, ctx, key):
+    """GET key -> value."""
+    entry = store.get(key, ctx.now_ms)
+    if entry is None:
+        raise NotFound("key %s not found" % describe_key(key))
+    if type(entry) is deque:
+        raise WrongType("key %s holds a list, not a string" % describe_key(key))
+    return {"status": "OK", "value": entry}
+
+
+SPECS = (
+    CommandSpec("SET", set_, (Field("key", to_key), Field("value", to_str), Field("exp", to_ttl_ms, False)),
+                frozenset({WRITE}), "set KEY VALUE [TTL_MS]: store a string (fails if KEY exists)"),
+    CommandSpec("GET", get, (Field("key", to_key),), frozenset(), "get KEY: read a string"),
+)

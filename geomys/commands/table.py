@@ -1,0 +1,181 @@
+"""The command table: every command declared once, as data.
+
+A `CommandSpec` names the handler, the request fields it takes (each with a
+converter that parses at the table edge and raises the matching error), and
+flags the engine routes by. Handlers receive typed values. Pure: imports
+only errors, store and the command modules.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ..errors import BadRequest
+
+# Flags: what the engine needs to know to route, log and lock a command.
+WRITE = "write"        # changes the keyspace: logged, replicated, forwarded by followers
+BLOCKING = "blocking"  # may wait for data; handler returns None to mean "wait"
+NOLOCK = "nolock"      # does not touch the keyspace; runs without the store lock
+NOAUTH = "noauth"      # allowed before AUTH when requirepass is set
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+OK = {"status": "OK"}  # shared reply; never mutated
+
+
+def reply(**fields) -> dict:
+    """Build a success reply carrying `fields` (value and/or message)."""
+    return {"status": "OK", **fields}
+
+
+# -- argument converters ------------------------------------------------------
+# Each takes the raw field value and the field name, returns the typed value
+# or raises BadRequest naming the field.
+
+def to_str(raw, field: str):
+    """A string field: str or bin as given; an int or float becomes its decimal text."""
+    kind = type(raw)
+    if kind is str or kind is bytes:
+        return raw
+    if kind is int or kind is float:
+        return repr(raw)
+    raise BadRequest("field '%s' must be a string, got %s" % (field, _type_name(raw)))
+
+
+def to_key(raw, field: str):
+    """A key: like a string field, but bin that is valid UTF-8 names the same key as the str."""
+    kind = type(raw)
+    if kind is str:
+        return raw
+    if kind is bytes:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+    return to_str(raw, field)
+
+
+def to_int(raw, field: str) -> int:
+    """An integer field: int, or a decimal string such as '12' or '-3'."""
+    kind = type(raw)
+    if kind is int:
+        return raw
+    if kind is str or kind is bytes:
+        text = raw.strip() if kind is str else raw.strip().decode("ascii", "replace")
+        if text and (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())) and text.isascii():
+            return int(text)
+    raise BadRequest("field '%s' must be an integer, got %s" % (field, _describe(raw)))
+
+
+def to_offset(raw, field: str) -> int:
+    """INCR's offset: an integer from 0 to 2**63-1 (counters only increase)."""
+    value = to_int(raw, field)
+    if value < 0:
+        raise BadRequest("field '%s' must not be negative: counters only increase" % field)
+    if value > INT64_MAX:
+        raise BadRequest("field '%s' is beyond the signed 64-bit range" % field)
+    return value
+
+
+def to_ttl_ms(raw, field: str) -> int:
+    """A TTL in milliseconds: a positive integer."""
+    value = to_int(raw, field)
+    if value <= 0:
+        raise BadRequest("field '%s' must be a positive number of milliseconds" % field)
+    if value > INT64_MAX:
+        raise BadRequest("field '%s' is too large" % field)
+    return value
+
+
+def to_seconds(raw, field: str) -> float:
+    """A timeout in seconds: a non-negative int, float or decimal string (0 waits forever)."""
+    kind = type(raw)
+    if kind is str or kind is bytes:
+        try:
+            raw = float(raw)
+        except ValueError:
+            raise BadRequest("field '%s' must be a number of seconds, got %s" % (field, _describe(raw))) from None
+    elif kind is not int and kind is not float:
+        raise BadRequest("field '%s' must be a number of seconds, got %s" % (field, _type_name(raw)))
+    if not raw >= 0 or raw == float("inf"):
+        raise BadRequest("field '%s' must be a finite number of seconds, 0 or more" % field)
+    return float(raw)
+
+
+def _type_name(raw) -> str:
+    return {type(None): "nil", bool: "a boolean", list: "an array", dict: "a map"}.get(
+        type(raw), type(raw).__name__)
+
+
+def _describe(raw) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- the table ----------------------------------------------------------------
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One request field a command takes."""
+
+    name: str
+    convert: Callable[[Any, str], Any]
+    required: bool = True
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A command: its name, handler, fields and flags."""
+
+    name: str
+    handler: Callable
+    fields: tuple = ()
+    flags: frozenset = frozenset()
+    summary: str = ""
+
+    @property
+    def is_write(self) -> bool:
+        return WRITE in self.flags
+
+    def parse(self, request: dict) -> tuple:
+        """Convert the request's fields to the handler's arguments, or raise BadRequest."""
+        args = []
+        for field in self.fields:
+            raw = request.get(field.name, _MISSING)
+            if raw is _MISSING or raw is None:
+                if field.required:
+                    raise BadRequest("%s needs the field '%s'" % (self.name, field.name))
+                args.append(field.default)
+            else:
+                args.append(field.convert(raw, field.name))
+        return tuple(args)
+
+
+def build_table(*spec_groups) -> dict[str, CommandSpec]:
+    """Merge the modules' SPECS into one name -> spec dict, refusing duplicates.
+
+    Each command is entered under its upper- and lower-case name so the common
+    spellings are found with one dict lookup.
+    """
+    table: dict[str, CommandSpec] = {}
+    for group in spec_groups:
+        for spec in group:
+            if spec.name in table:
+                raise ValueError("command %s is declared twice" % spec.name)
+            table[spec.name] = spec
+    for spec in list(table.values()):
+        table[spec.name.lower()] = spec
+    return table
+
+
+def lookup(table: dict, name) -> Optional[CommandSpec]:
+    """Find the spec for a command name in any letter case; None if unknown."""
+    spec = table.get(name)
+    if spec is None and type(name) is str:
+        spec = table.get(name.upper())
+    return spec
+

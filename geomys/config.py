@@ -1,0 +1,258 @@
+"""Server configuration: geomys.conf, GEOMYS_* environment variables and flags.
+
+Precedence (configargparse): command line > environment > config file >
+defaults. Every option has one underscore name; the dashed spelling and the
+single-dash form (`-node_id=7`, `-port 6767`) are accepted too. `load`
+returns a frozen `Config` or exits with status 2 and one line on stderr.
+
+How options constrain each other:
+  * failure_timeout >= 2 * heartbeat_interval (a node must miss at least two
+    heartbeats before it is declared failed);
+  * grpc_port defaults to port + 1000 and must differ from port;
+  * a non-loopback host needs requirepass unless protected_mode = no.
+"""
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import configargparse
+
+DEFAULT_CONFIG_FILE = "~/.geomys/geomys.conf"
+
+PERSISTENCE_MODES = {
+    "none": "none",
+    "writethrough": "writethrough",
+    "writethroughdisk": "writethrough",
+    "buffered": "buffered",
+    "bufferedwrite": "buffered",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(Exception):
+    """An option value that is not acceptable; the message is shown to the user."""
+
+
+def _bool(text) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("expected yes or no, got %r" % text)
+
+
+def _positive_int(text) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(text) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _port(text) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be between 1 and 65535")
+    return value
+
+
+def _persistence(text) -> str:
+    mode = PERSISTENCE_MODES.get(str(text).strip().lower())
+    if mode is None:
+        raise ValueError("must be one of none, writethrough, buffered")
+    return mode
+
+
+def _log_level(text) -> str:
+    level = str(text).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return level
+
+
+def _address(text) -> str:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT")
+    _port(port)
+    return str(text)
+
+
+_positive_int.__name__ = "positive integer"
+_positive_float.__name__ = "positive number"
+_port.__name__ = "port"
+_bool.__name__ = "yes/no"
+_persistence.__name__ = "persistence mode"
+_log_level.__name__ = "log level"
+_address.__name__ = "HOST:PORT"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One server option: its name, parser, default and the line that documents it."""
+
+    name: str
+    parse: object
+    default: object
+    help: str
+    flag: bool = False
+
+
+OPTIONS = (
+    Option("node_id", int, None, "this node's integer id (default: the client port)"),
+    Option("port", _port, 6379, "client port"),
+    Option("host", str, "127.0.0.1", "address to bind the client and cluster ports to"),
+    Option("grpc_port", _port, None, "cluster (gRPC) port (default: port + 1000)"),
+    Option("advertise_host", str, None, "address other nodes dial to reach this one (default: host)"),
+    Option("bootstrap", _bool, False, "start a new cluster with this node as its leader", flag=True),
+    Option("join", _address, None, "HOST:GRPC_PORT of any member of the cluster to join"),
+    Option("persistence", _persistence, "none", "none, writethrough or buffered (append-only file)"),
+    Option("persistence_path", str, "~/.geomys/persistence.db", "the append-only file"),
+    Option("flush_interval_ms", _positive_int, 1000, "buffered mode: milliseconds between flushes"),
+    Option("compact_min_bytes", _positive_int, 64 * 1024 * 1024,
+           "compact the append-only file only once it is at least this large"),
+    Option("compact_growth_percent", _positive_int, 100,
+           "...and has grown by this percentage since the last compaction"),
+    Option("repair", _bool, False,
+           "truncate the append-only file at its first damaged record (keeping a backup) and exit", flag=True),
+    Option("heartbeat_interval", _positive_float, 5.0, "seconds between a follower's heartbeats"),
+    Option("failure_timeout", _positive_float, 15.0,
+           "seconds of silence before a node counts as failed (at least 2 x heartbeat_interval)"),
+    Option("rpc_timeout", _positive_float, 2.0, "deadline in seconds of one call between nodes"),
+    Option("requirepass", str, None, "password clients must send with AUTH"),
+    Option("cluster_secret", str, None, "shared secret required on calls between nodes"),
+    Option("protected_mode", _bool, True, "refuse a non-loopback host without requirepass"),
+    Option("max_request_bytes", _positive_int, 64 * 1024 * 1024, "largest request accepted, in bytes"),
+    Option("max_clients", _positive_int, 10000, "most client connections at once"),
+    Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Option("log_file", str, None, "write the log to this file instead of stderr"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The server's settings, validated."""
+
+    node_id: int
+    port: int
+    host: str
+    grpc_port: int
+    advertise_host: str
+    bootstrap: bool
+    join: Optional[str]
+    persistence: str
+    persistence_path: str
+    flush_interval_ms: int
+    compact_min_bytes: int
+    compact_growth_percent: int
+    repair: bool
+    heartbeat_interval: float
+    failure_timeout: float
+    rpc_timeout: float
+    requirepass: Optional[str]
+    cluster_secret: Optional[str]
+    protected_mode: bool
+    max_request_bytes: int
+    max_clients: int
+    log_level: str
+    log_file: Optional[str]
+    config_file: Optional[str] = None
+
+    @property
+    def mode(self) -> str:
+        """standalone, bootstrap or join."""
+        if self.join:
+            return "join"
+        return "bootstrap" if self.bootstrap else "standalone"
+
+
+class _Parser(configargparse.ArgParser):
+    """ArgParser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write("%s: error: %s\n" % (self.prog, message))
+        sys.exit(2)
+
+
+def build_parser(default_config_files=(DEFAULT_CONFIG_FILE,)) -> configargparse.ArgParser:
+    """Return the option parser (exposed so tests can check geomys.conf covers it)."""
+    parser = _Parser(
+        prog="geomys",
+        description="Geomys key-value server.",
+        default_config_files=list(default_config_files),
+        auto_env_var_prefix="GEOMYS_",
+        allow_abbrev=False,
+        args_for_setting_config_path=["--config", "-config"],
+        config_arg_help_message="config file (default: %s if it exists)" % DEFAULT_CONFIG_FILE,
+    )
+    for opt in OPTIONS:
+        names = ["-" + opt.name, "--" + opt.name]
+        if "_" in opt.name:
+            names.append("--" + opt.name.replace("_", "-"))
+        kwargs = dict(dest=opt.name, help="%s (default: %s)" % (opt.help, opt.default))
+        if opt.flag:
+            # `-bootstrap` alone, or `bootstrap = yes` in the file / GEOMYS_BOOTSTRAP=yes.
+            kwargs.update(nargs="?", const=True, default=False, type=opt.parse, metavar="yes|no")
+        else:
+            kwargs.update(type=opt.parse, default=opt.default)
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def load(argv=None, environ=None) -> Config:
+    """Parse flags, environment and config file into a Config; exit 2 on any bad value."""
+    parser = build_parser()
+    ns = parser.parse_args(argv, env_vars=os.environ if environ is None else environ)
+    try:
+        return validate(vars(ns))
+    except ConfigError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: error() exits
+
+
+def validate(values: dict) -> Config:
+    """Fill derived defaults and check how options constrain each other."""
+    values = dict(values)
+    config_file = values.pop("config_file", None)
+    port = values["port"]
+    if values["node_id"] is None:
+        values["node_id"] = port
+    if values["grpc_port"] is None:
+        values["grpc_port"] = port + 1000
+        if values["grpc_port"] > 65535:
+            raise ConfigError("port + 1000 is beyond 65535: set grpc_port explicitly")
+    if values["grpc_port"] == port:
+        raise ConfigError("grpc_port must differ from port")
+    if values["advertise_host"] is None:
+        values["advertise_host"] = values["host"]
+    if values["bootstrap"] and values["join"]:
+        raise ConfigError("bootstrap and join cannot be used together")
+    if values["failure_timeout"] < 2 * values["heartbeat_interval"]:
+        raise ConfigError("failure_timeout (%gs) must be at least twice heartbeat_interval (%gs)"
+                          % (values["failure_timeout"], values["heartbeat_interval"]))
+    if values["protected_mode"] and not values["requirepass"] and not _is_loopback(values["host"]):
+        raise ConfigError("refusing to listen on %s without requirepass (protected_mode is on); "
+                          "set requirepass, or protected_mode = no" % values["host"])
+    values["persistence_path"] = os.path.expanduser(values["persistence_path"])
+    if values["log_file"]:
+        values["log_file"] = os.path.expanduser(values["log_file"])
+    return Config(config_file=config_file, **values)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

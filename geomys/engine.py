@@ -1,0 +1,231 @@
+"""The single execute path every command takes.
+
+lookup -> auth -> parse fields -> run the handler under the store lock ->
+number the effects the store noted and hand them to the record sinks (the
+append-only file, replication). Client-handler threads call `execute`; a
+reply is released only after `settle` has waited for the sinks, so no
+client sees a write before it is durable (writethrough) or replicated.
+"""
+
+import hmac
+import logging
+import threading
+from typing import Callable, Optional, Protocol
+
+from . import __version__
+from .clock import Clock
+from .commands import BLOCKING, NOAUTH, NOLOCK, TABLE, lookup
+from .errors import AuthRequired, BadRequest, GeomysError, Timeout, UnknownCommand, describe_key
+from .protocol import error_reply
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+# How often a blocked client checks that its connection is still open, so a
+# BLPOP with no timeout does not outlive its client.
+LIVENESS_CHECK_SECONDS = 1.0
+
+
+class RecordSink(Protocol):
+    """Something that consumes effect records in log order (AOF, replication)."""
+
+    def append(self, seq: int, record: tuple) -> None:
+        """Take record number `seq`. Caller holds store.lock, so calls arrive in order."""
+
+    def wait(self, seq: int) -> None:
+        """Block until record `seq` is safe to reveal; raise GeomysError if it never will be."""
+
+
+class ClientGone(Exception):
+    """The client of a blocked pop disconnected; nothing was taken for it."""
+
+
+class Context:
+    """Per-connection state the engine reads and updates."""
+
+    __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "commands", "before_block",
+                 "is_connected", "address")
+
+    def __init__(self, engine: "Engine", address: str = "",
+                 before_block: Callable[[], None] = lambda: None,
+                 is_connected: Callable[[], bool] = lambda: True) -> None:
+        self.engine = engine
+        self.authenticated = not engine.requirepass
+        self.now_ms = 0
+        self.wait_seq = 0          # newest record this connection's replies may reveal
+        self.commands = 0
+        self.before_block = before_block
+        self.is_connected = is_connected
+        self.address = address
+
+
+class Engine:
+    """Runs commands against the store and feeds their effects to the sinks."""
+
+    def __init__(self, store: Store, clock: Clock, requirepass: Optional[str] = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.requirepass = requirepass or None
+        self.seq = 0                          # index of the last effect record (under store.lock)
+        self._sinks: list[RecordSink] = []
+        self._info_sources: list[Callable[[], dict]] = []
+        self._compactor: Optional[Callable[[], Optional[str]]] = None
+        self._clients: set[Context] = set()
+        self._clients_lock = threading.Lock()
+        self._finished_commands = 0
+
+    # -- wiring --------------------------------------------------------------
+
+    def add_sink(self, sink: RecordSink) -> None:
+        """Send every future effect record to `sink` as well."""
+        with self.store.lock:
+            self._sinks.append(sink)
+            self.store.record_effects = True
+
+    def add_info_source(self, source: Callable[[], dict]) -> None:
+        """Merge the map `source()` returns into every INFO reply."""
+        self._info_sources.append(source)
+
+    def set_compactor(self, compactor: Callable[[], Optional[str]]) -> None:
+        """Use `compactor` for the COMPACT command."""
+        self._compactor = compactor
+
+    def connect(self, ctx: Context) -> None:
+        """Count a client connection in."""
+        with self._clients_lock:
+            self._clients.add(ctx)
+
+    def disconnect(self, ctx: Context) -> None:
+        """Count a client connection out."""
+        with self._clients_lock:
+            self._clients.discard(ctx)
+            self._finished_commands += ctx.commands
+
+    # -- the execute path ------------------------------------------------------
+
+    def execute(self, request, ctx: Context) -> dict:
+        """Run one decoded request and return its reply map (never raises)."""
+        ctx.commands += 1
+        try:
+            if type(request) is not dict:
+                raise BadRequest("a request must be a map, got %s" % type(request).__name__)
+            name = request.get("command")
+            spec = lookup(TABLE, name)
+            if spec is None:
+                if type(name) is not str:
+                    raise BadRequest("field 'command' is missing or not a string")
+                raise UnknownCommand("unknown command %s" % describe_key(name))
+            if not ctx.authenticated and NOAUTH not in spec.flags:
+                raise AuthRequired("authentication required: send AUTH first")
+            args = spec.parse(request)
+            if NOLOCK in spec.flags:
+                return spec.handler(self.store, ctx, *args)
+            if BLOCKING in spec.flags:
+                return self._execute_blocking(spec, args, ctx)
+            store = self.store
+            with store.lock:
+                ctx.now_ms = self.clock.wall_ms()
+                try:
+                    return spec.handler(store, ctx, *args)
+                finally:
+                    if store.effects:
+                        self._publish()
+                    ctx.wait_seq = self.seq
+        except GeomysError as exc:
+            return error_reply(exc)
+        except ClientGone:
+            raise
+        except Exception as exc:  # a bug must cost one reply, not the connection
+            return error_reply(exc)
+
+    def _publish(self) -> None:
+        """Number the store's new effect records and give them to every sink (caller holds lock)."""
+        seq = self.seq
+        for record in self.store.take_effects():
+            seq += 1
+            for sink in self._sinks:
+                sink.append(seq, record)
+        self.seq = seq
+
+    def _execute_blocking(self, spec, args, ctx: Context) -> dict:
+        """Serve BLPOP/BRPOP: pop now, or queue behind earlier waiters until a PUSH or the timeout."""
+        key, timeout = args[0], args[-1]
+        ctx.before_block()  # earlier pipelined replies must not wait behind this one
+        store, clock = self.store, self.clock
+        deadline = clock.monotonic() + timeout if timeout else None
+        with store.lock:
+            waiter = store.add_waiter(key)
+            try:
+                while True:
+                    if store.is_first_waiter(key, waiter):
+                        ctx.now_ms = clock.wall_ms()
+                        result = spec.handler(store, ctx, *args)
+                        if result is not None:
+                            return result
+                    wait_for = LIVENESS_CHECK_SECONDS
+                    if deadline is not None:
+                        remaining = deadline - clock.monotonic()
+                        if remaining <= 0:
+                            raise Timeout("no element arrived in list %s within %gs"
+                                          % (describe_key(key), timeout))
+                        wait_for = min(wait_for, remaining)
+                    # Wakes on a PUSH to this key (head waiter only) or when it is
+                    # time to check the deadline and the connection.
+                    waiter.cond.wait(wait_for)
+                    if not ctx.is_connected():
+                        raise ClientGone()
+            finally:
+                store.remove_waiter(key, waiter)
+                if store.effects:
+                    self._publish()
+                ctx.wait_seq = self.seq
+
+    def settle(self, ctx: Context) -> None:
+        """Wait until every record this connection's pending replies may reveal is safe."""
+        for sink in self._sinks:
+            sink.wait(ctx.wait_seq)
+
+    # -- services for server commands -------------------------------------------
+
+    def check_password(self, password) -> bool:
+        """Compare `password` with requirepass in constant time."""
+        if self.requirepass is None:
+            return False
+        given = password.encode() if isinstance(password, str) else password
+        return hmac.compare_digest(given, self.requirepass.encode())
+
+    def compact(self) -> Optional[str]:
+        """Rewrite the append-only file, if there is one; return a note for the reply."""
+        if self._compactor is None:
+            return "persistence is off: nothing to compact"
+        return self._compactor()
+
+    def sweep_expired(self, limit: int = 1000) -> int:
+        """Delete up to `limit` expired keys (called by the sweeper thread)."""
+        store = self.store
+        with store.lock:
+            removed = store.sweep(self.clock.wall_ms(), limit)
+            if store.effects:
+                self._publish()
+        return removed
+
+    def info(self) -> dict:
+        """Build the INFO map: the engine's own figures plus every info source's."""
+        with self._clients_lock:
+            clients = len(self._clients)
+            processed = self._finished_commands + sum(c.commands for c in self._clients)
+        with self.store.lock:
+            keys = len(self.store)
+            blocked = self.store.waiting_clients()
+            seq = self.seq
+        result = {
+            "version": __version__,
+            "keys": keys,
+            "connected_clients": clients,
+            "blocked_clients": blocked,
+            "commands_processed": processed,
+            "replication_offset": seq,
+        }
+        for source in self._info_sources:
+            result.update(source())
+        return result

@@ -1,0 +1,153 @@
+"""The client-facing TCP server: one thread per connection, MessagePack in and out.
+
+Each handler thread reads what the socket has, decodes every whole request in
+it with a streaming unpacker, runs them through the engine, waits once for
+the records they produced to be safe, and answers them all in one send.
+"""
+
+import logging
+import socket
+import socketserver
+import threading
+
+from . import protocol
+from .engine import ClientGone, Context, Engine
+from .errors import InternalError
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+# A well-formed value that is not a map gets a BAD_REQUEST and the connection
+# stays open; a long run of them in one read is text or noise, not a client
+# speaking MessagePack, and is treated like undecodable bytes.
+GARBAGE_RUN = 8
+
+
+class ClientHandler(socketserver.BaseRequestHandler):
+    """Serves one client connection until it closes."""
+
+    server: "GeomysServer"
+
+    def setup(self) -> None:
+        sock = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.packer = protocol.new_packer()
+        self.pending: list[bytes] = []
+        self.ctx = Context(self.server.engine, "%s:%s" % self.client_address[:2],
+                           before_block=self._flush, is_connected=self._is_connected)
+
+    def handle(self) -> None:
+        engine = self.server.engine
+        engine.connect(self.ctx)
+        try:
+            self._serve()
+        except (ClientGone, ConnectionError, TimeoutError):
+            pass
+        except OSError as exc:
+            logger.debug("connection %s ended: %s", self.ctx.address, exc)
+        finally:
+            engine.disconnect(self.ctx)
+            self.server.client_finished()
+
+    def _serve(self) -> None:
+        sock, ctx, engine = self.request, self.ctx, self.server.engine
+        execute, pack, pending = engine.execute, self.packer.pack, self.pending
+        limit = self.server.max_request_bytes
+        unpacker = protocol.new_unpacker(limit)
+        while True:
+            data = sock.recv(READ_SIZE)
+            if not data:
+                return
+            try:
+                unpacker.feed(data)
+            except protocol.msgpack.BufferFull:
+                self._close_with(protocol.too_large_reply(limit))
+                return
+            odd_run = 0
+            try:
+                for request in unpacker:
+                    if type(request) is dict:
+                        odd_run = 0
+                    else:
+                        odd_run += 1
+                        if odd_run > GARBAGE_RUN:
+                            del pending[-GARBAGE_RUN:]
+                            self._close_with(protocol.not_msgpack_reply())
+                            return
+                    pending.append(pack(execute(request, ctx)))
+            except protocol.DECODE_ERRORS:
+                self._close_with(protocol.not_msgpack_reply())
+                return
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send every pending reply in one write, once the records they reveal are safe."""
+        if self.pending:
+            self.server.engine.settle(self.ctx)
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.request.sendall(data)
+
+    def _close_with(self, reply: dict) -> None:
+        """Answer what was decoded so far, then a final error, and end the connection."""
+        self.pending.append(self.packer.pack(reply))
+        self._flush()
+
+    def _is_connected(self) -> bool:
+        """Tell, without blocking, whether the client still has its end open."""
+        try:
+            return self.request.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+
+class GeomysServer(socketserver.ThreadingTCPServer):
+    """ThreadingTCPServer with a client limit, a deep listen backlog and daemon handler threads."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple, engine: Engine, max_clients: int, max_request_bytes: int) -> None:
+        self.engine = engine
+        self.max_clients = max_clients
+        self.max_request_bytes = max_request_bytes
+        self._active = 0
+        self._active_lock = threading.Lock()
+        super().__init__(address, ClientHandler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._active_lock:
+            full = self._active >= self.max_clients
+            if not full:
+                self._active += 1
+        if full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.client_finished()
+            raise
+
+    def _refuse(self, request) -> None:
+        """Tell a client over max_clients why, and close it (from the accept thread, so briefly)."""
+        reply = protocol.error_reply(InternalError(
+            "max number of clients reached (max_clients=%d)" % self.max_clients))
+        try:
+            request.settimeout(0.5)
+            request.sendall(protocol.new_packer().pack(reply))
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def client_finished(self) -> None:
+        """Count a client handler out."""
+        with self._active_lock:
+            self._active -= 1
+
+    def handle_error(self, request, client_address) -> None:
+        logger.exception("unexpected error serving %s", client_address)

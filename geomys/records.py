@@ -1,0 +1,77 @@
+"""Effect records: the deterministic description of one change to the keyspace.
+
+A record is a tuple whose first item names the effect:
+
+    ("SET", key, value, expire_at_ms | None)   put a string (also what INCR logs)
+    ("PUSH", key, value)                       append to a list
+    ("LPOP", key) / ("RPOP", key)              remove a list's first / last element
+    ("DEL", key)                               remove a key (also expiry on the leader)
+    ("FLUSHDB",)                               remove every key
+
+The store produces them as it changes; the append-only file and replication
+carry them; `apply` replays them. Pure: imports only the store and errors.
+"""
+
+from collections import deque
+
+from .errors import BadRequest
+from .store import Store
+
+_STRING_TYPES = (str, bytes)
+_KEY_TYPES = (str, bytes)
+
+
+def _check_set(rec: tuple) -> bool:
+    return (len(rec) == 4 and isinstance(rec[1], _KEY_TYPES) and isinstance(rec[2], _STRING_TYPES)
+            and (rec[3] is None or type(rec[3]) is int))
+
+
+def _check_push(rec: tuple) -> bool:
+    return len(rec) == 3 and isinstance(rec[1], _KEY_TYPES) and isinstance(rec[2], _STRING_TYPES)
+
+
+def _check_key(rec: tuple) -> bool:
+    return len(rec) == 2 and isinstance(rec[1], _KEY_TYPES)
+
+
+_CHECKS = {
+    "SET": _check_set,
+    "PUSH": _check_push,
+    "LPOP": _check_key,
+    "RPOP": _check_key,
+    "DEL": _check_key,
+    "FLUSHDB": lambda rec: len(rec) == 1,
+}
+
+
+def validate(rec) -> tuple:
+    """Return `rec` as a tuple if it is a well-formed record, else raise BadRequest."""
+    if isinstance(rec, list):
+        rec = tuple(rec)
+    if not isinstance(rec, tuple) or not rec or _CHECKS.get(rec[0], lambda r: False)(rec) is False:
+        raise BadRequest("malformed record %r" % (rec[:1] if isinstance(rec, tuple) else type(rec),))
+    return rec
+
+
+def apply(store: Store, rec: tuple) -> None:
+    """Apply one validated record to `store` (caller holds store.lock).
+
+    Records describe what already happened on the node that produced them, so
+    they are applied without the command rules: a SET replaces, a pop of a list
+    that is not there is ignored rather than failing.
+    """
+    name = rec[0]
+    if name == "SET":
+        store.put(rec[1], rec[2], rec[3])
+    elif name == "PUSH":
+        entry = store.peek(rec[1])
+        if entry is not None and type(entry) is not deque:
+            store.delete(rec[1])
+        store.push(rec[1], rec[2])
+    elif name == "LPOP" or name == "RPOP":
+        if isinstance(store.peek(rec[1]), deque):
+            store.pop(rec[1], left=name == "LPOP")
+    elif name == "DEL":
+        store.delete(rec[1])
+    elif name == "FLUSHDB":
+        store.flush()

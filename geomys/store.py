@@ -1,0 +1,189 @@
+"""The keyspace: strings, deques and TTLs behind one re-entrant lock.
+
+Pure data structure: no sockets, no threads of its own, no encoding. The
+caller holds `store.lock` for every method marked so (the engine does, for
+exactly one command at a time). Every mutation is noted as an *effect
+record* in `store.effects` while `record_effects` is on; the engine hands
+those records to the append-only file and to replication, so what is logged
+is always what happened (a served BLPOP is logged as the LPOP it did).
+"""
+
+import heapq
+import threading
+from collections import deque
+from typing import Iterator, Optional, Union
+
+Value = Union[str, bytes]
+Entry = Union[str, bytes, deque]
+
+
+class Waiter:
+    """One client blocked in BLPOP/BRPOP on a key; woken through its own condition."""
+
+    __slots__ = ("cond",)
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self.cond = threading.Condition(lock)
+
+
+class Store:
+    """In-memory keyspace. Strings are `str`/`bytes`, lists are `collections.deque`."""
+
+    def __init__(self, owns_expiry: bool = True) -> None:
+        self.lock = threading.RLock()
+        # Only the node that owns expiry (standalone or leader) deletes expired
+        # keys; a follower hides them and waits for the leader's DEL record.
+        self.owns_expiry = owns_expiry
+        self.record_effects = False
+        self.effects: list[tuple] = []
+        self._data: dict = {}
+        self._expires: dict = {}
+        self._expiry_heap: list = []
+        self._waiters: dict = {}
+
+    # -- lookups (caller holds lock) ---------------------------------------
+
+    def get(self, key, now_ms: int) -> Optional[Entry]:
+        """Return the live entry at `key`, or None (expiring it if its time has passed)."""
+        entry = self._data.get(key)
+        if entry is not None and key in self._expires and self._expires[key] <= now_ms:
+            if self.owns_expiry:
+                self.delete(key)
+            return None
+        return entry
+
+    def peek(self, key) -> Optional[Entry]:
+        """Return the stored entry at `key` without looking at its TTL."""
+        return self._data.get(key)
+
+    def expire_at(self, key) -> Optional[int]:
+        """Return the absolute expiry (ms since epoch) of `key`, or None."""
+        return self._expires.get(key)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    # -- mutations (caller holds lock) -------------------------------------
+
+    def put(self, key, value: Value, expire_at_ms: Optional[int] = None) -> None:
+        """Store a string at `key`, replacing whatever was there."""
+        self._data[key] = value
+        if expire_at_ms is None:
+            self._expires.pop(key, None)
+        else:
+            self._expires[key] = expire_at_ms
+            heapq.heappush(self._expiry_heap, (expire_at_ms, key))
+        if self.record_effects:
+            self.effects.append(("SET", key, value, expire_at_ms))
+
+    def push(self, key, value: Value) -> int:
+        """Append `value` at the rear of the list at `key` (created if absent); return its length."""
+        items = self._data.get(key)
+        if items is None:
+            items = self._data[key] = deque()
+        items.append(value)
+        if self.record_effects:
+            self.effects.append(("PUSH", key, value))
+        waiters = self._waiters.get(key)
+        if waiters:
+            waiters[0].cond.notify()
+        return len(items)
+
+    def pop(self, key, left: bool) -> Value:
+        """Remove and return the first (left) or last element of the non-empty list at `key`."""
+        items = self._data[key]
+        value = items.popleft() if left else items.pop()
+        if not items:
+            del self._data[key]
+            self._expires.pop(key, None)
+        if self.record_effects:
+            self.effects.append(("LPOP" if left else "RPOP", key))
+        return value
+
+    def delete(self, key) -> bool:
+        """Remove `key` whatever its type; return whether it was there."""
+        if key not in self._data:
+            return False
+        del self._data[key]
+        self._expires.pop(key, None)
+        if self.record_effects:
+            self.effects.append(("DEL", key))
+        return True
+
+    def flush(self) -> None:
+        """Remove every key."""
+        self._data.clear()
+        self._expires.clear()
+        self._expiry_heap.clear()
+        if self.record_effects:
+            self.effects.append(("FLUSHDB",))
+
+    def sweep(self, now_ms: int, limit: int) -> int:
+        """Delete up to `limit` keys whose TTL has passed; return how many went.
+
+        Keys are found through a heap of (expiry, key); entries made stale by a
+        delete or a new TTL are skipped, and the heap is rebuilt when stale
+        entries outnumber live ones so it cannot grow without bound.
+        """
+        if not self.owns_expiry:
+            return 0
+        heap, expires = self._expiry_heap, self._expires
+        removed = 0
+        while heap and heap[0][0] <= now_ms and removed < limit:
+            at, key = heapq.heappop(heap)
+            if expires.get(key) == at:
+                self.delete(key)
+                removed += 1
+        if len(heap) > 2 * len(expires) + 1024:
+            self._expiry_heap = [(at, key) for key, at in expires.items()]
+            heapq.heapify(self._expiry_heap)
+        return removed
+
+    def take_effects(self) -> list[tuple]:
+        """Return and clear the effect records noted since the last call."""
+        effects, self.effects = self.effects, []
+        return effects
+
+    # -- snapshots (caller holds lock) -------------------------------------
+
+    def snapshot(self) -> list[tuple]:
+        """Copy the keyspace as effect records that rebuild it (a quick in-memory copy)."""
+        expires = self._expires
+        records = []
+        for key, entry in self._data.items():
+            if type(entry) is deque:
+                records.extend(("PUSH", key, value) for value in entry)
+            else:
+                records.append(("SET", key, entry, expires.get(key)))
+        return records
+
+    def entries(self) -> Iterator[tuple]:
+        """Yield (key, entry, expire_at_ms) for every stored key, expired or not."""
+        expires = self._expires
+        for key, entry in self._data.items():
+            yield key, entry, expires.get(key)
+
+    # -- blocked clients (caller holds lock) -------------------------------
+
+    def add_waiter(self, key) -> Waiter:
+        """Queue a new waiter on `key` behind the ones already there (first come, first served)."""
+        waiter = Waiter(self.lock)
+        self._waiters.setdefault(key, deque()).append(waiter)
+        return waiter
+
+    def is_first_waiter(self, key, waiter: Waiter) -> bool:
+        """Tell whether `waiter` is at the head of the queue for `key`."""
+        return self._waiters[key][0] is waiter
+
+    def remove_waiter(self, key, waiter: Waiter) -> None:
+        """Take `waiter` off the queue and pass the turn on if elements remain."""
+        waiters = self._waiters[key]
+        waiters.remove(waiter)
+        if not waiters:
+            del self._waiters[key]
+        elif type(self._data.get(key)) is deque:
+            waiters[0].cond.notify()
+
+    def waiting_clients(self) -> int:
+        """Count the clients blocked on any key."""
+        return sum(len(w) for w in self._waiters.values())
