@@ -13,6 +13,8 @@ from typing import Optional
 from . import __version__, config as config_mod, records
 from .aof import AofError, AppendOnlyFile, repair
 from .clock import SystemClock
+from .cluster.node import ClusterNode, JoinError
+from .cluster.service import start_grpc_server
 from .config import Config
 from .engine import Engine
 from .net import GeomysServer
@@ -57,23 +59,44 @@ class GeomysNode:
         self.engine = Engine(self.store, self.clock, requirepass=config.requirepass)
         self.aof: Optional[AppendOnlyFile] = None
         self.server: Optional[GeomysServer] = None
+        self.cluster: Optional[ClusterNode] = None
+        self.grpc_server = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Open and replay the AOF, bind the port, start serving. Raises OSError/AofError."""
+        """Open and replay the AOF, join or found a cluster, bind the port, start serving.
+
+        Raises OSError (a port), AofError (the file) or JoinError (the cluster).
+        """
         config = self.config
         if config.persistence != "none":
-            self._open_aof()
+            # A joining node takes the leader's state, so its old file is not replayed.
+            self._open_aof(replay=config.mode != "join")
         self.server = GeomysServer((config.host, config.port), self.engine,
                                    config.max_clients, config.max_request_bytes)
         self.engine.add_info_source(self._info)
+        if config.mode != "standalone":
+            self._start_cluster()
         self._spawn("sweeper", self._sweep_loop)
         self._spawn("acceptor", self.server.serve_forever)
         logger.info("Geomys %s started: node %d serving clients on %s:%d (persistence=%s)",
                     __version__, config.node_id, config.host, config.port, config.persistence)
 
-    def _open_aof(self) -> None:
+    def _start_cluster(self) -> None:
+        config = self.config
+        self.cluster = ClusterNode(config, self.engine)
+        self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port, config.cluster_secret,
+                                             config.max_request_bytes + (4 << 20))
+        self.engine.add_sink(self.cluster)
+        self.engine.add_info_source(self.cluster.info)
+        if config.mode == "bootstrap":
+            self.cluster.bootstrap()
+            self.cluster.start()
+        else:
+            self.cluster.join()
+
+    def _open_aof(self, replay: bool = True) -> None:
         config = self.config
         self.aof = AppendOnlyFile(config.persistence_path, config.persistence,
                                   flush_interval_ms=config.flush_interval_ms,
@@ -81,9 +104,10 @@ class GeomysNode:
                                   compact_growth_percent=config.compact_growth_percent)
         self.aof.open()
         store = self.store
-        with store.lock:
-            count = self.aof.replay(lambda record: records.apply(store, record))
-        logger.info("replayed %d records from %s (%d keys)", count, config.persistence_path, len(store))
+        if replay:
+            with store.lock:
+                count = self.aof.replay(lambda record: records.apply(store, record))
+            logger.info("replayed %d records from %s (%d keys)", count, config.persistence_path, len(store))
         self.aof.start(store.lock, self._snapshot)
         self.engine.add_sink(self.aof)
         self.engine.set_compactor(self.aof.compact)
@@ -125,8 +149,12 @@ class GeomysNode:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.aof is not None:
             self.aof.close()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=1.0).wait(2.0)
         logger.info("node %d stopped", self.config.node_id)
 
 
@@ -135,9 +163,10 @@ def main(argv=None) -> None:
     config = config_mod.load(argv)
     setup_logging(config)
     if config.repair:
-        sys.exit(repair(config.persistence_path))
-    if config.mode != "standalone":
-        _fail("cluster mode (bootstrap/join) is not available in this version")
+        try:
+            sys.exit(repair(config.persistence_path))
+        except AofError as exc:
+            _fail(str(exc))
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop_requested.set())
@@ -146,7 +175,7 @@ def main(argv=None) -> None:
         node.start()
     except OSError as exc:
         _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
-    except AofError as exc:
+    except (AofError, JoinError) as exc:
         _fail(str(exc))
     while not stop_requested.wait(1.0):
         pass

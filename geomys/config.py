@@ -129,6 +129,11 @@ OPTIONS = (
     Option("failure_timeout", _positive_float, 15.0,
            "seconds of silence before a node counts as failed (at least 2 x heartbeat_interval)"),
     Option("rpc_timeout", _positive_float, 2.0, "deadline in seconds of one call between nodes"),
+    Option("backlog_entries", _positive_int, 100000,
+           "log entries the leader keeps in memory to catch followers up without a snapshot"),
+    Option("backlog_bytes", _positive_int, 64 * 1024 * 1024, "...and at most this many bytes of them"),
+    Option("join_timeout", _positive_float, 120.0,
+           "seconds a joining node may take to receive the leader's state and become a member"),
     Option("requirepass", str, None, "password clients must send with AUTH"),
     Option("cluster_secret", str, None, "shared secret required on calls between nodes"),
     Option("protected_mode", _bool, True, "refuse a non-loopback host without requirepass"),
@@ -159,6 +164,9 @@ class Config:
     heartbeat_interval: float
     failure_timeout: float
     rpc_timeout: float
+    backlog_entries: int
+    backlog_bytes: int
+    join_timeout: float
     requirepass: Optional[str]
     cluster_secret: Optional[str]
     protected_mode: bool
@@ -167,6 +175,7 @@ class Config:
     log_level: str
     log_file: Optional[str]
     config_file: Optional[str] = None
+    node_id_explicit: bool = True
 
     @property
     def mode(self) -> str:
@@ -225,12 +234,15 @@ def validate(values: dict) -> Config:
     values = dict(values)
     config_file = values.pop("config_file", None)
     port = values["port"]
+    values["node_id_explicit"] = values["node_id"] is not None
     if values["node_id"] is None:
         values["node_id"] = port
     if values["grpc_port"] is None:
         values["grpc_port"] = port + 1000
         if values["grpc_port"] > 65535:
             raise ConfigError("port + 1000 is beyond 65535: set grpc_port explicitly")
+    if values["node_id"] <= 0:
+        raise ConfigError("node_id must be a positive integer")
     if values["grpc_port"] == port:
         raise ConfigError("grpc_port must differ from port")
     if values["advertise_host"] is None:

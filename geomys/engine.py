@@ -14,7 +14,8 @@ from typing import Callable, Optional, Protocol
 
 from . import __version__
 from .clock import Clock
-from .commands import BLOCKING, NOAUTH, NOLOCK, TABLE, lookup
+from . import records as records_mod
+from .commands import BLOCKING, NOAUTH, NOLOCK, TABLE, WRITE, lookup
 from .errors import AuthRequired, BadRequest, GeomysError, Timeout, UnknownCommand, describe_key
 from .protocol import error_reply
 from .store import Store
@@ -44,7 +45,7 @@ class Context:
     """Per-connection state the engine reads and updates."""
 
     __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "commands", "before_block",
-                 "is_connected", "address")
+                 "is_connected", "address", "forwarded")
 
     def __init__(self, engine: "Engine", address: str = "",
                  before_block: Callable[[], None] = lambda: None,
@@ -57,6 +58,7 @@ class Context:
         self.before_block = before_block
         self.is_connected = is_connected
         self.address = address
+        self.forwarded = False     # a write another node forwarded here: never forward it again
 
 
 class Engine:
@@ -73,6 +75,9 @@ class Engine:
         self._clients: set[Context] = set()
         self._clients_lock = threading.Lock()
         self._finished_commands = 0
+        # Set (under store.lock) while this node must not execute writes itself:
+        # a cluster follower forwards them to its leader through this callable.
+        self.forwarder: Optional[Callable[[dict, Context], dict]] = None
 
     # -- wiring --------------------------------------------------------------
 
@@ -121,16 +126,20 @@ class Engine:
             if NOLOCK in spec.flags:
                 return spec.handler(self.store, ctx, *args)
             if BLOCKING in spec.flags:
-                return self._execute_blocking(spec, args, ctx)
+                return self._execute_blocking(spec, args, ctx, request)
             store = self.store
             with store.lock:
-                ctx.now_ms = self.clock.wall_ms()
-                try:
-                    return spec.handler(store, ctx, *args)
-                finally:
-                    if store.effects:
-                        self._publish()
-                    ctx.wait_seq = self.seq
+                # Checked under the lock: the role cannot change between this
+                # test and the write's record reaching the sinks.
+                if self.forwarder is None or WRITE not in spec.flags:
+                    ctx.now_ms = self.clock.wall_ms()
+                    try:
+                        return spec.handler(store, ctx, *args)
+                    finally:
+                        if store.effects:
+                            self._publish()
+                        ctx.wait_seq = self.seq
+            return self._forward(request, ctx)
         except GeomysError as exc:
             return error_reply(exc)
         except ClientGone:
@@ -147,38 +156,97 @@ class Engine:
                 sink.append(seq, record)
         self.seq = seq
 
-    def _execute_blocking(self, spec, args, ctx: Context) -> dict:
-        """Serve BLPOP/BRPOP: pop now, or queue behind earlier waiters until a PUSH or the timeout."""
+    def _forward(self, request: dict, ctx: Context) -> dict:
+        """Hand a write to the leader (outside the store lock); relay its reply."""
+        forwarder = self.forwarder
+        if forwarder is None:  # became leader meanwhile: run it here
+            return self.execute(request, ctx)
+        return forwarder(request, ctx)
+
+    def _execute_blocking(self, spec, args, ctx: Context, request: dict) -> dict:
+        """Serve BLPOP/BRPOP: pop now, or queue behind earlier waiters until a PUSH or the timeout.
+
+        A node that is (or becomes, while the client waits) a cluster follower
+        hands the wait to its leader instead, so only the leader ever pops.
+        """
         key, timeout = args[0], args[-1]
         ctx.before_block()  # earlier pipelined replies must not wait behind this one
         store, clock = self.store, self.clock
         deadline = clock.monotonic() + timeout if timeout else None
         with store.lock:
-            waiter = store.add_waiter(key)
-            try:
-                while True:
-                    if store.is_first_waiter(key, waiter):
-                        ctx.now_ms = clock.wall_ms()
-                        result = spec.handler(store, ctx, *args)
-                        if result is not None:
-                            return result
-                    wait_for = LIVENESS_CHECK_SECONDS
-                    if deadline is not None:
-                        remaining = deadline - clock.monotonic()
-                        if remaining <= 0:
-                            raise Timeout("no element arrived in list %s within %gs"
-                                          % (describe_key(key), timeout))
-                        wait_for = min(wait_for, remaining)
-                    # Wakes on a PUSH to this key (head waiter only) or when it is
-                    # time to check the deadline and the connection.
-                    waiter.cond.wait(wait_for)
-                    if not ctx.is_connected():
-                        raise ClientGone()
-            finally:
-                store.remove_waiter(key, waiter)
-                if store.effects:
-                    self._publish()
-                ctx.wait_seq = self.seq
+            if self.forwarder is None:
+                waiter = store.add_waiter(key)
+                try:
+                    while self.forwarder is None:
+                        if store.is_first_waiter(key, waiter):
+                            ctx.now_ms = clock.wall_ms()
+                            result = spec.handler(store, ctx, *args)
+                            if result is not None:
+                                return result
+                        wait_for = LIVENESS_CHECK_SECONDS
+                        if deadline is not None:
+                            remaining = deadline - clock.monotonic()
+                            if remaining <= 0:
+                                raise Timeout("no element arrived in list %s within %gs"
+                                              % (describe_key(key), timeout))
+                            wait_for = min(wait_for, remaining)
+                        # Wakes on a PUSH to this key (head waiter only) or when it
+                        # is time to check the deadline and the connection.
+                        waiter.cond.wait(wait_for)
+                        if not ctx.is_connected():
+                            raise ClientGone()
+                finally:
+                    store.remove_waiter(key, waiter)
+                    if store.effects:
+                        self._publish()
+                    ctx.wait_seq = self.seq
+        if deadline is not None:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                raise Timeout("no element arrived in list %s within %gs" % (describe_key(key), timeout))
+            request = dict(request, timeout=remaining)
+        return self._forward(request, ctx)
+
+    # -- replication hooks (cluster) ------------------------------------------------
+
+    def append_records(self, records: list) -> int:
+        """Log records that do not come from a command (e.g. membership); return the last seq."""
+        with self.store.lock:
+            seq = self.seq
+            for record in records:
+                seq += 1
+                for sink in self._sinks:
+                    sink.append(seq, record)
+            self.seq = seq
+            return seq
+
+    def apply_entries(self, entries: list) -> None:
+        """Apply (seq, record) pairs produced by the leader, keeping its numbering (caller holds store.lock).
+
+        The sinks (this node's AOF) get the leader's records as they are, not
+        whatever the store noted while applying them.
+        """
+        store = self.store
+        for seq, record in entries:
+            records_mod.apply(store, record)
+            for sink in self._sinks:
+                sink.append(seq, record)
+            self.seq = seq
+        store.take_effects()
+
+    def install_snapshot(self, contents: Store, seq: int, snapshot_records: list) -> None:
+        """Replace the keyspace with `contents`, taken at log index `seq` (caller holds store.lock).
+
+        The sinks see an emptying FLUSHDB followed by the snapshot's records, so
+        this node's AOF describes the new state.
+        """
+        self.store.replace_contents(contents)
+        for sink in self._sinks:
+            sink.append(seq, ("FLUSHDB",))
+            for record in snapshot_records:
+                sink.append(seq, record)
+        self.seq = seq
+        self.store.take_effects()
 
     def settle(self, ctx: Context) -> None:
         """Wait until every record this connection's pending replies may reveal is safe."""

@@ -12,7 +12,7 @@ import threading
 
 from . import protocol
 from .engine import ClientGone, Context, Engine
-from .errors import InternalError
+from .errors import GeomysError, InternalError
 
 logger = logging.getLogger(__name__)
 
@@ -54,36 +54,53 @@ class ClientHandler(socketserver.BaseRequestHandler):
         execute, pack, pending = engine.execute, self.packer.pack, self.pending
         limit = self.server.max_request_bytes
         unpacker = protocol.new_unpacker(limit)
+        fed = 0  # bytes fed so far; `fed - unpacker.tell()` of them are not decoded yet
         while True:
             data = sock.recv(READ_SIZE)
             if not data:
                 return
-            try:
-                unpacker.feed(data)
-            except protocol.msgpack.BufferFull:
-                self._close_with(protocol.too_large_reply(limit))
-                return
             odd_run = 0
-            try:
-                for request in unpacker:
-                    if type(request) is dict:
-                        odd_run = 0
-                    else:
-                        odd_run += 1
-                        if odd_run > GARBAGE_RUN:
-                            del pending[-GARBAGE_RUN:]
-                            self._close_with(protocol.not_msgpack_reply())
-                            return
-                    pending.append(pack(execute(request, ctx)))
-            except protocol.DECODE_ERRORS:
-                self._close_with(protocol.not_msgpack_reply())
-                return
+            rest = memoryview(data)
+            while rest:
+                # The limit is per request: feed only what the unpacker may hold
+                # on top of an unfinished request, decode every whole request,
+                # then go on, so that many small pipelined requests arriving in
+                # one read are never mistaken for one request over the limit.
+                room = limit - (fed - unpacker.tell())
+                chunk, rest = rest[:room], rest[room:]
+                try:
+                    if not chunk:
+                        raise protocol.msgpack.BufferFull
+                    unpacker.feed(chunk)
+                except protocol.msgpack.BufferFull:
+                    self._close_with(protocol.too_large_reply(limit))
+                    return
+                fed += len(chunk)
+                try:
+                    for request in unpacker:
+                        if type(request) is dict:
+                            odd_run = 0
+                        else:
+                            odd_run += 1
+                            if odd_run > GARBAGE_RUN:
+                                del pending[-GARBAGE_RUN:]
+                                self._close_with(protocol.not_msgpack_reply())
+                                return
+                        pending.append(pack(execute(request, ctx)))
+                except protocol.DECODE_ERRORS:
+                    self._close_with(protocol.not_msgpack_reply())
+                    return
             self._flush()
 
     def _flush(self) -> None:
         """Send every pending reply in one write, once the records they reveal are safe."""
         if self.pending:
-            self.server.engine.settle(self.ctx)
+            try:
+                self.server.engine.settle(self.ctx)
+            except GeomysError as exc:
+                # The records these replies depend on may never become safe
+                # (e.g. leadership was lost): confirm none of them.
+                self.pending[:] = [self.packer.pack(protocol.error_reply(exc))] * len(self.pending)
             data = b"".join(self.pending)
             self.pending.clear()
             self.request.sendall(data)

@@ -7,6 +7,9 @@ A record is a tuple whose first item names the effect:
     ("LPOP", key) / ("RPOP", key)              remove a list's first / last element
     ("DEL", key)                               remove a key (also expiry on the leader)
     ("FLUSHDB",)                               remove every key
+    ("MEMBERS", [[node_id, client_address, grpc_address], ...])
+                                               the cluster's membership from here on;
+                                               no effect on the keyspace
 
 The store produces them as it changes; the append-only file and replication
 carry them; `apply` replays them. Pure: imports only the store and errors.
@@ -34,6 +37,12 @@ def _check_key(rec: tuple) -> bool:
     return len(rec) == 2 and isinstance(rec[1], _KEY_TYPES)
 
 
+def _check_members(rec: tuple) -> bool:
+    return len(rec) == 2 and isinstance(rec[1], (list, tuple)) and all(
+        isinstance(m, (list, tuple)) and len(m) == 3 and type(m[0]) is int
+        and isinstance(m[1], str) and isinstance(m[2], str) for m in rec[1])
+
+
 _CHECKS = {
     "SET": _check_set,
     "PUSH": _check_push,
@@ -41,6 +50,7 @@ _CHECKS = {
     "RPOP": _check_key,
     "DEL": _check_key,
     "FLUSHDB": lambda rec: len(rec) == 1,
+    "MEMBERS": _check_members,
 }
 
 
@@ -48,8 +58,9 @@ def validate(rec) -> tuple:
     """Return `rec` as a tuple if it is a well-formed record, else raise BadRequest."""
     if isinstance(rec, list):
         rec = tuple(rec)
-    if not isinstance(rec, tuple) or not rec or _CHECKS.get(rec[0], lambda r: False)(rec) is False:
-        raise BadRequest("malformed record %r" % (rec[:1] if isinstance(rec, tuple) else type(rec),))
+    check = _CHECKS.get(rec[0]) if isinstance(rec, tuple) and rec and isinstance(rec[0], str) else None
+    if check is None or not check(rec):
+        raise BadRequest("malformed record of type %s" % type(rec).__name__)
     return rec
 
 
@@ -75,3 +86,4 @@ def apply(store: Store, rec: tuple) -> None:
         store.delete(rec[1])
     elif name == "FLUSHDB":
         store.flush()
+    # MEMBERS changes the cluster, not the keyspace: the cluster node reads it.

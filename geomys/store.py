@@ -163,6 +163,13 @@ class Store:
         for key, entry in self._data.items():
             yield key, entry, expires.get(key)
 
+    def replace_contents(self, other: "Store") -> None:
+        """Take over `other`'s keys and TTLs, dropping ours; blocked clients stay queued."""
+        self._data, self._expires, self._expiry_heap = other._data, other._expires, other._expiry_heap
+        for key, waiters in self._waiters.items():
+            if waiters and type(self._data.get(key)) is deque:
+                waiters[0].cond.notify()
+
     # -- blocked clients (caller holds lock) -------------------------------
 
     def add_waiter(self, key) -> Waiter:

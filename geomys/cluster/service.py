@@ -1,0 +1,66 @@
+"""The gRPC servicer: thin translation from calls to ClusterNode handlers.
+
+Runs on the grpc.server thread pool. Sizing leaves headroom for heartbeats and
+elections beside forwarded blocking pops (which ClusterNode also bounds).
+"""
+
+from concurrent import futures
+
+import grpc
+
+from .node import ClusterNode
+from .pb import cluster_pb2_grpc as pb_grpc
+from .transport import SecretInterceptor, channel_options
+
+GRPC_WORKERS = 64
+
+
+class ClusterService(pb_grpc.ClusterServicer):
+    """Hands each call to the node; the node holds all the logic."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    def Heartbeat(self, request, context):
+        return self.node.on_heartbeat(request)
+
+    def Join(self, request, context):
+        return self.node.on_join(request)
+
+    def Sync(self, request, context):
+        return self.node.serve_sync(request)
+
+    def AppendEntries(self, request, context):
+        return self.node.on_append(request)
+
+    def Forward(self, request, context):
+        return self.node.on_forward(request)
+
+    def RequestVote(self, request, context):
+        return self.node.on_vote(request)
+
+    def CanYouLead(self, request, context):
+        return self.node.on_can_you_lead(request)
+
+    def NewLeader(self, request, context):
+        return self.node.on_new_leader(request)
+
+    def Leave(self, request, context):
+        return self.node.on_leave(request)
+
+
+def start_grpc_server(node: ClusterNode, host: str, port: int, secret, max_message_bytes: int) -> grpc.Server:
+    """Bind and start the cluster's gRPC server; raise OSError if the port cannot be bound."""
+    interceptors = [SecretInterceptor(secret)] if secret else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
+                         interceptors=interceptors, options=channel_options(max_message_bytes)
+                         + [("grpc.so_reuseport", 0)])
+    pb_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
+    try:
+        bound = server.add_insecure_port("%s:%d" % (host, port))
+    except RuntimeError as exc:
+        raise OSError("cannot bind the cluster port %s:%d: %s" % (host, port, exc)) from None
+    if bound == 0:
+        raise OSError("cannot bind the cluster port %s:%d" % (host, port))
+    server.start()
+    return server
