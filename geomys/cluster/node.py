@@ -12,13 +12,13 @@ leading, and a sync thread while catching up. Lock order: store.lock, then
 import logging
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional
 
 import msgpack
 
 from .. import records as records_mod
+from ..clock import Clock, SystemClock
 from ..config import Config
 from ..engine import Context, Engine
 from ..errors import GeomysError, NoLeader, Timeout
@@ -37,6 +37,10 @@ APPEND_BATCH_BYTES = 4 << 20     # ...and about this many bytes
 SYNC_CHUNK_BYTES = 1 << 20       # snapshot chunk size on the Sync stream
 LEARNER_SLACK = 100              # a learner this close to the leader's log becomes a member
 FORWARD_BLOCK_CHUNK = 2.0        # a forwarded blocking pop waits on the leader at most this long per call
+
+
+# What a sender does after one AppendEntries (replicate_once's answer).
+AGAIN, IDLE, BACK_OFF, STOP = "again", "idle", "back-off", "stop"
 
 
 class JoinError(Exception):
@@ -59,15 +63,19 @@ def _decode_entry(payload: bytes) -> tuple[int, int, tuple]:
 class ClusterNode:
     """One node's part in the cluster: roles, log, replication, elections."""
 
-    def __init__(self, config: Config, engine: Engine) -> None:
+    def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None, peers=None,
+                 spawn: Optional[Callable[[str, Callable, tuple], None]] = None) -> None:
+        """Wire a node; tests pass a fake clock, an in-memory network as `peers` and a task runner as `spawn`."""
         self.config = config
         self.engine = engine
         self.store = engine.store
+        self.now = (clock or SystemClock()).monotonic
+        self._spawner = spawn
         self.me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.port),
                               "%s:%d" % (config.advertise_host, config.grpc_port))
         self.state = ClusterState(self_id=config.node_id)
         self.backlog = Backlog(config.backlog_entries, config.backlog_bytes)
-        self.peers = Peers(config.rpc_timeout, config.max_request_bytes + (4 << 20), config.cluster_secret)
+        self.peers = peers or Peers(config.rpc_timeout, config.max_request_bytes + (4 << 20), config.cluster_secret)
         self._lock = threading.RLock()
         self._progress = threading.Condition(self._lock)   # new entries, acks, role changes
         self.safe_seq = 0          # highest seq a reply may reveal (leader: committed)
@@ -79,11 +87,14 @@ class ClusterNode:
                       "syncs_full_received": 0, "syncs_incremental_received": 0, "elections": 0}
         self._stopping = threading.Event()
         self._becoming_leader = False
+        self._ticking = False
+        self._next_heartbeat = 0.0
         self._members_changed = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cluster-rpc")
         self._forward_slots = threading.BoundedSemaphore(32)
         self._threads: list[threading.Thread] = []
-        self._senders: dict[int, threading.Thread] = {}
+        self._senders: dict[int, int] = {}            # peer id -> epoch its sender serves
+        self._peer_log: dict[int, Optional[tuple[int, int]]] = {}  # peer id -> (seq, term) its log ends at
         self.failure_timeout = config.failure_timeout
         self.heartbeat_interval = config.heartbeat_interval
 
@@ -100,45 +111,51 @@ class ClusterNode:
 
     def join(self) -> None:
         """Join the cluster at config.join: register as a learner, take its state, wait to be a member."""
-        with self.store.lock:
-            self.state.role = LEARNER
-            self.engine.forwarder = self.forward
-            self.store.owns_expiry = False
-        address, reply = self.config.join, None
-        deadline = time.monotonic() + max(self.config.join_timeout, 3 * self.failure_timeout)
-        while time.monotonic() < deadline:
-            request = pb.JoinRequest(node=self._node_pb(self.me),
-                                     id_assigned_by_leader=not self.config.node_id_explicit)
-            try:
-                reply = self.peers.call(address, "Join", request)
-            except PeerUnavailable as exc:
-                raise JoinError("no Geomys cluster answers at %s (%s)" % (self.config.join, exc)) from None
-            if reply.status == pb.JoinReply.REDIRECT:
-                address = reply.leader_grpc_address
-            elif reply.status == pb.JoinReply.REFUSED:
-                raise JoinError("the cluster refused this node: %s" % reply.message)
-            elif reply.status == pb.JoinReply.NO_LEADER:
-                time.sleep(min(self.heartbeat_interval, 1.0))  # the cluster is electing; ask again
-            else:
-                break
-        else:
-            raise JoinError("the cluster at %s had no leader for %.0fs" % (self.config.join, self.config.join_timeout))
-        if reply.node_id != self.me.node_id:
-            logger.info("the leader assigned node id %d", reply.node_id)
-            self.me = NodeAddress(reply.node_id, self.me.client_address, self.me.grpc_address)
-            self.state.self_id = reply.node_id
-        with self.store.lock:
-            self.state.adopt_term(reply.term, reply.leader_id, time.monotonic())
-            self.state.members[reply.leader_id] = NodeAddress(reply.leader_id, "", address)
-        self._sync_from(address, full=True)
+        deadline = self.now() + max(self.config.join_timeout, 3 * self.failure_timeout)
+        leader_address = self.register(self.config.join, deadline)
+        self._sync_from(leader_address, full=True)
         self._start_threads()
         if not self._wait_member(deadline):
             raise JoinError("the leader did not make this node a member within %.0fs" % self.config.join_timeout)
         logger.info("node %d joined the cluster (leader %d, term %d)",
                     self.me.node_id, self.state.leader_id, self.state.term)
 
+    def register(self, address: str, deadline: float) -> str:
+        """Ask the cluster at `address` to take this node as a learner; return the leader's address.
+
+        A follower answers with the leader's address, which is asked next; a
+        cluster in the middle of an election is asked again until `deadline`.
+        """
+        with self.store.lock:
+            self.state.role = LEARNER
+            self.engine.forwarder = self.forward
+            self.store.owns_expiry = False
+        while True:
+            request = pb.JoinRequest(node=self._node_pb(self.me),
+                                     id_assigned_by_leader=not self.config.node_id_explicit)
+            try:
+                reply = self.peers.call(address, "Join", request)
+            except PeerUnavailable as exc:
+                raise JoinError("no Geomys cluster answers at %s (%s)" % (address, exc)) from None
+            if reply.status == pb.JoinReply.ACCEPTED:
+                break
+            if reply.status == pb.JoinReply.REFUSED:
+                raise JoinError("the cluster refused this node: %s" % reply.message)
+            if reply.status == pb.JoinReply.REDIRECT:
+                address = reply.leader_grpc_address
+            elif self.now() >= deadline or self._stopping.wait(min(self.heartbeat_interval, 1.0)):
+                raise JoinError("the cluster at %s had no leader until the join timed out" % address)
+        if reply.node_id != self.me.node_id:
+            logger.info("the leader assigned node id %d", reply.node_id)
+            self.me = NodeAddress(reply.node_id, self.me.client_address, self.me.grpc_address)
+            self.state.self_id = reply.node_id
+        with self.store.lock:
+            self.state.adopt_term(reply.term, reply.leader_id, self.now())
+            self.state.members[reply.leader_id] = NodeAddress(reply.leader_id, "", address)
+        return address
+
     def _wait_member(self, deadline: float) -> bool:
-        while time.monotonic() < deadline and not self._stopping.is_set():
+        while self.now() < deadline and not self._stopping.is_set():
             if self.me.node_id in self.state.members:
                 return True
             self._members_changed.wait(0.1)
@@ -150,14 +167,17 @@ class ClusterNode:
         self._start_threads()
 
     def _start_threads(self) -> None:
-        if not any(t.name == "cluster-ticker" for t in self._threads):
+        if not self._ticking:
+            self._ticking = True
             self._spawn("cluster-ticker", self._tick_loop)
 
-    def _spawn(self, name: str, target: Callable, *args) -> threading.Thread:
+    def _spawn(self, name: str, target: Callable, *args) -> None:
+        if self._spawner is not None:
+            self._spawner(name, target, args)
+            return
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
-        return thread
 
     def stop(self) -> None:
         """Leave the cluster (a follower asks the leader to remove it) and stop every thread."""
@@ -263,7 +283,7 @@ class ClusterNode:
         leader_id = self.state.leader_id
         address = self._address_of(leader_id) if leader_id is not None else None
         if address is None or leader_id == self.me.node_id or \
-                not self.state.leader_alive(time.monotonic(), self.failure_timeout):
+                not self.state.leader_alive(self.now(), self.failure_timeout):
             raise NoLeader("no leader is known at the moment; try again shortly")
         name = str(request.get("command", "")).upper()
         if name in ("BLPOP", "BRPOP"):
@@ -283,14 +303,14 @@ class ClusterNode:
     def _forward_blocking(self, address: str, request: dict, ctx: Context) -> dict:
         """Wait for a blocking pop in short calls, so a long wait never pins a leader's gRPC worker."""
         timeout = float(request.get("timeout") or 0)
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline = self.now() + timeout if timeout else None
         while True:
             chunk = FORWARD_BLOCK_CHUNK if deadline is None else min(FORWARD_BLOCK_CHUNK,
-                                                                     max(deadline - time.monotonic(), 0.001))
+                                                                     max(deadline - self.now(), 0.001))
             reply = self._forward_once(address, dict(request, timeout=chunk), chunk + self.config.rpc_timeout)
             if reply.get("code") != "TIMEOUT":
                 return reply
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and self.now() >= deadline:
                 return error_reply(Timeout("no element arrived in list %r within %gs" % (request.get("key"), timeout)))
             if not ctx.is_connected():
                 return reply
@@ -324,7 +344,7 @@ class ClusterNode:
 
     def on_heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         """A follower says it is alive; answer with the membership."""
-        now = time.monotonic()
+        now = self.now()
         with self.store.lock:
             state = self.state
             if req.term > state.term and state.role == LEADER:
@@ -341,7 +361,7 @@ class ClusterNode:
             state = self.state
             if state.role != LEADER or self.engine.forwarder is not None:
                 address = self._address_of(state.leader_id) if state.leader_id is not None else None
-                if address and state.leader_alive(time.monotonic(), self.failure_timeout):
+                if address and state.leader_alive(self.now(), self.failure_timeout):
                     return pb.JoinReply(status=pb.JoinReply.REDIRECT, leader_id=state.leader_id,
                                         leader_grpc_address=address)
                 return pb.JoinReply(status=pb.JoinReply.NO_LEADER, message="no leader at the moment")
@@ -355,7 +375,7 @@ class ClusterNode:
             node = NodeAddress(node_id, req.node.client_address, req.node.grpc_address)
             self.learners[node_id] = node
             with self._lock:
-                state.last_seen[node_id] = time.monotonic()
+                state.last_seen[node_id] = self.now()
             self._start_sender(node_id, self.epoch)
             logger.info("node %d (%s) joined as a learner", node_id, node.client_address)
             return pb.JoinReply(status=pb.JoinReply.ACCEPTED, node_id=node_id, leader_id=self.me.node_id,
@@ -375,7 +395,7 @@ class ClusterNode:
 
     def on_append(self, req: pb.AppendRequest) -> pb.AppendReply:
         """Apply the leader's next entries in order, or say where this node's log ends."""
-        now = time.monotonic()
+        now = self.now()
         with self.store.lock:
             state = self.state
             if req.term < state.term or not state.adopt_term(req.term, req.leader_id, now):
@@ -438,14 +458,14 @@ class ClusterNode:
         """Name the node that should lead, with this node's term and log position."""
         with self.store.lock:
             with self._lock:
-                answer = self.state.vote_answer(req.candidate_id, time.monotonic(), self.failure_timeout,
+                answer = self.state.vote_answer(req.candidate_id, self.now(), self.failure_timeout,
                                                 self.engine.seq)
         return pb.VoteReply(node_id=answer.node_id, nominee=answer.nominee, term=answer.term,
                             last_seq=answer.last_seq, last_term=answer.last_term)
 
     def on_can_you_lead(self, req: pb.CanYouLeadRequest) -> pb.CanYouLeadReply:
         """Agree to lead if this node sees no live leader, and start taking over."""
-        now = time.monotonic()
+        now = self.now()
         with self.store.lock:
             state = self.state
             if state.role == LEADER and self.engine.forwarder is None:
@@ -467,7 +487,7 @@ class ClusterNode:
                 return pb.NewLeaderReply(accepted=False, term=state.term)
             if state.role == LEADER and req.leader_id != self.me.node_id:
                 self._step_down(req.term, req.leader_id, "node %d leads term %d" % (req.leader_id, req.term))
-            state.adopt_term(req.term, req.leader_id, time.monotonic())
+            state.adopt_term(req.term, req.leader_id, self.now())
             self.engine.forwarder = self.forward
             self.store.owns_expiry = False
             logger.info("node %d now follows node %d at term %d", self.me.node_id, req.leader_id, req.term)
@@ -588,51 +608,69 @@ class ClusterNode:
     # -- leader: one sender per peer ------------------------------------------------------
 
     def _start_sender(self, node_id: int, epoch: int) -> None:
-        current = self._senders.get(node_id)
-        if current is not None and current.is_alive() and getattr(current, "epoch", None) == epoch:
+        """Run a sender for `node_id` in this leadership epoch, unless one already runs (caller holds store.lock)."""
+        if self._senders.get(node_id) == epoch:
             return
-        thread = self._spawn("sender-%d" % node_id, self._sender_loop, node_id, epoch)
-        thread.epoch = epoch
-        self._senders[node_id] = thread
+        self._senders[node_id] = epoch
+        self._peer_log[node_id] = None
+        self._spawn("sender-%d" % node_id, self._sender_loop, node_id, epoch)
 
     def _sender_loop(self, node_id: int, epoch: int) -> None:
-        """Push entries to one peer in order, batched; idle, send an empty append as a keepalive."""
-        after: Optional[tuple[int, int]] = None    # where the peer's log ends, once known
+        """Replicate to one peer until the epoch ends: push, or wait for entries, or back off."""
         backoff = min(self.heartbeat_interval / 4, 0.1)
-        while not self._stopping.is_set() and self.epoch == epoch:
+        try:
+            while not self._stopping.is_set():
+                outcome = self.replicate_once(node_id, epoch)
+                if outcome == STOP:
+                    return
+                if outcome == IDLE:
+                    self._wait_for_entries(epoch, self._peer_log[node_id][0])
+                elif outcome == BACK_OFF:
+                    self._idle(epoch, backoff)
+        finally:
             with self.store.lock:
-                if node_id not in self.state.members and node_id not in self.learners:
-                    return
-                address = self._address_of(node_id)
-                if after is None:
-                    prev, payloads = self.backlog.last, []
-                elif self.backlog.covers(*after) and after[0] <= self.engine.seq:
-                    prev, payloads = after, self.backlog.after(after[0], APPEND_BATCH, APPEND_BATCH_BYTES)
-                else:
-                    prev, payloads = (-1, 0), []   # not in the backlog: the peer must Sync
-                request = pb.AppendRequest(term=self.state.term, leader_id=self.me.node_id, prev_seq=prev[0],
-                                           prev_term=prev[1], entries=payloads, commit_seq=self.safe_seq)
-            try:
-                reply = self.peers.call(address, "AppendEntries", request)
-            except PeerUnavailable:
-                self._idle(epoch, backoff)
-                continue
-            now = time.monotonic()
-            with self.store.lock:
-                if self.epoch != epoch:
-                    return
-                with self._lock:
-                    self.state.last_seen[node_id] = now
-                if reply.status == pb.AppendReply.STALE_TERM:
-                    self._step_down(reply.term, None, "node %d has term %d" % (node_id, reply.term))
-                    return
-                after = (reply.last_seq, reply.last_term)
-                if reply.status == pb.AppendReply.OK:
-                    self._note_ack(node_id, reply.last_seq)
-            if reply.status == pb.AppendReply.OK and not payloads:
-                self._wait_for_entries(epoch, after[0])
-            elif reply.status == pb.AppendReply.SYNCING:
-                self._idle(epoch, backoff)
+                if self._senders.get(node_id) == epoch:
+                    del self._senders[node_id]
+
+    def replicate_once(self, node_id: int, epoch: Optional[int] = None) -> str:
+        """Send one AppendEntries to `node_id` and act on its answer; return what the sender does next.
+
+        The batch starts where the peer's log is known to end; until that is
+        known it is an empty probe, and when the backlog no longer covers the
+        peer it is told to Sync (prev_seq = -1).
+        """
+        with self.store.lock:
+            if epoch is None:
+                epoch = self.epoch
+            if self.epoch != epoch or (node_id not in self.state.members and node_id not in self.learners):
+                return STOP
+            address = self._address_of(node_id)
+            after = self._peer_log.get(node_id)
+            if after is None:
+                prev, payloads = self.backlog.last, []
+            elif after[0] <= self.engine.seq and self.backlog.covers(*after):
+                prev, payloads = after, self.backlog.after(after[0], APPEND_BATCH, APPEND_BATCH_BYTES)
+            else:
+                prev, payloads = (-1, 0), []
+            request = pb.AppendRequest(term=self.state.term, leader_id=self.me.node_id, prev_seq=prev[0],
+                                       prev_term=prev[1], entries=payloads, commit_seq=self.safe_seq)
+        try:
+            reply = self.peers.call(address, "AppendEntries", request)
+        except PeerUnavailable:
+            return BACK_OFF
+        with self.store.lock:
+            if self.epoch != epoch:
+                return STOP
+            with self._lock:
+                self.state.last_seen[node_id] = self.now()
+            if reply.status == pb.AppendReply.STALE_TERM:
+                self._step_down(reply.term, None, "node %d has term %d" % (node_id, reply.term))
+                return STOP
+            self._peer_log[node_id] = (reply.last_seq, reply.last_term)
+            if reply.status == pb.AppendReply.OK:
+                self._note_ack(node_id, reply.last_seq)
+                return IDLE if reply.last_seq >= self.engine.seq else AGAIN
+            return BACK_OFF if reply.status == pb.AppendReply.SYNCING else AGAIN
 
     def _note_ack(self, node_id: int, seq: int) -> None:
         """Record a follower's progress and advance the commit point (caller holds store.lock)."""
@@ -647,10 +685,10 @@ class ClusterNode:
 
     def _wait_for_entries(self, epoch: int, seq: int) -> None:
         """Sleep until there is an entry after `seq`, the epoch ends, or a keepalive is due."""
-        deadline = time.monotonic() + self.heartbeat_interval
+        deadline = self.now() + self.heartbeat_interval
         with self._progress:
             while self.engine.seq <= seq and self.epoch == epoch and not self._stopping.is_set():
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self.now()
                 if remaining <= 0:
                     return
                 self._progress.wait(remaining)
@@ -664,21 +702,26 @@ class ClusterNode:
 
     def _tick_loop(self) -> None:
         period = min(self.heartbeat_interval, self.failure_timeout / 4)
-        next_heartbeat = 0.0
+        # A little jitter keeps the nodes' election rounds from staying in lockstep.
         while not self._stopping.wait(period * random.uniform(0.8, 1.0)):
             try:
-                now = time.monotonic()
-                role = self.state.role
-                if role == LEADER:
-                    self._leader_upkeep(now)
-                elif not self.state.leader_alive(now, self.failure_timeout):
-                    if role != LEARNER and self.me.node_id in self.state.members:
-                        self._run_election()
-                elif now >= next_heartbeat:
-                    next_heartbeat = now + self.heartbeat_interval
-                    self._send_heartbeat()
+                self.tick()
             except Exception:  # the ticker must outlive any single failure
                 logger.exception("cluster ticker error")
+
+    def tick(self) -> None:
+        """One round of upkeep: a leader checks its majority and membership; a follower
+        heartbeats its leader, or starts an election once the leader has been silent too long."""
+        now = self.now()
+        role = self.state.role
+        if role == LEADER:
+            self._leader_upkeep(now)
+        elif not self.state.leader_alive(now, self.failure_timeout):
+            if role != LEARNER and self.me.node_id in self.state.members:
+                self._run_election()
+        elif now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_interval
+            self._send_heartbeat()
 
     def _send_heartbeat(self) -> None:
         leader_id = self.state.leader_id
@@ -693,7 +736,7 @@ class ClusterNode:
             return
         with self.store.lock:
             if reply.ok and reply.leader_id == leader_id and reply.term >= self.state.term:
-                self.state.adopt_term(reply.term, leader_id, time.monotonic())
+                self.state.adopt_term(reply.term, leader_id, self.now())
                 members = {n.node_id: NodeAddress(n.node_id, n.client_address, n.grpc_address) for n in reply.nodes}
                 if reply.nodes_hash != rules.membership_hash(self.state.members) and members:
                     self._set_members(members)
@@ -736,13 +779,13 @@ class ClusterNode:
                 self.store.owns_expiry = False
             members = dict(state.members)
             with self._lock:
-                own = state.vote_answer(self.me.node_id, time.monotonic(), self.failure_timeout, self.engine.seq)
+                own = state.vote_answer(self.me.node_id, self.now(), self.failure_timeout, self.engine.seq)
         self.stats["elections"] += 1
         replies = self._ask_all(members, "RequestVote", pb.VoteRequest(candidate_id=self.me.node_id, term=own.term))
         answers = [own] + [VoteAnswer(n, r.nominee, r.term, r.last_seq, r.last_term) for n, r in replies]
         with self._lock:
             for answer in answers:
-                self.state.last_seen[answer.node_id] = time.monotonic()
+                self.state.last_seen[answer.node_id] = self.now()
         chosen = rules.tally(members, answers)
         if chosen is None:
             return
