@@ -108,6 +108,8 @@ class GeomysNode:
             with store.lock:
                 count = self.aof.replay(lambda record: records.apply(store, record))
             logger.info("replayed %d records from %s (%d keys)", count, config.persistence_path, len(store))
+        else:
+            self.aof.discard()
         self.aof.start(store.lock, self._snapshot)
         self.engine.add_sink(self.aof)
         self.engine.set_compactor(self.aof.compact)
@@ -186,8 +188,12 @@ def main(argv=None) -> None:
 
 def _fail(message: str) -> None:
     """Report a start-up failure in one line and exit with status 2."""
-    if logging.getLogger().handlers and not isinstance(logging.getLogger().handlers[0], logging.FileHandler):
-        logging.getLogger().handlers.clear()  # stderr gets the one line below, not two
+    root = logging.getLogger()
+    if root.handlers and not isinstance(root.handlers[0], logging.FileHandler):
+        # stderr gets the one line below, not two. A NullHandler rather than no
+        # handler at all: with none, logging's last-resort handler would print
+        # the message to stderr anyway.
+        root.handlers[:] = [logging.NullHandler()]
     logger.error("%s", message)
     sys.stderr.write("geomys: error: %s\n" % message)
     sys.exit(2)

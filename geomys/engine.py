@@ -249,8 +249,13 @@ class Engine:
         self.store.take_effects()
 
     def settle(self, ctx: Context) -> None:
-        """Wait until every record this connection's pending replies may reveal is safe."""
-        for sink in self._sinks:
+        """Wait until every record this connection's pending replies may reveal is safe.
+
+        Newest sink first: replication (added after the AOF) fails at once when
+        leadership is lost, while the AOF would wait for numbering that a
+        snapshot install may have moved back.
+        """
+        for sink in reversed(self._sinks):
             sink.wait(ctx.wait_seq)
 
     # -- services for server commands -------------------------------------------
