@@ -14,6 +14,7 @@ from typing import Callable, Optional, Protocol
 
 from . import __version__
 from .clock import Clock
+from . import digest as digest_mod
 from . import records as records_mod
 from .commands import BLOCKING, NOAUTH, NOLOCK, TABLE, WRITE, lookup
 from .errors import AuthRequired, BadRequest, GeomysError, Timeout, UnknownCommand, describe_key
@@ -21,6 +22,10 @@ from .protocol import error_reply
 from .store import Store
 
 logger = logging.getLogger(__name__)
+
+# Keys hashed per hold of the store lock while computing INFO's digest, so a
+# large keyspace never stalls other clients for long.
+DIGEST_BATCH = 2000
 
 # How often a blocked client checks that its connection is still open, so a
 # BLPOP with no timeout does not outlive its client.
@@ -282,6 +287,26 @@ class Engine:
                 self._publish()
         return removed
 
+    def digest(self) -> str:
+        """The order-independent digest of every live key (see geomys.digest).
+
+        Computed on request, a batch of keys per hold of the lock: on a node
+        taking writes meanwhile it describes no single instant, so compare
+        digests of quiet nodes.
+        """
+        store = self.store
+        with store.lock:
+            keys = list(store.keys())
+        hashes = []
+        for start in range(0, len(keys), DIGEST_BATCH):
+            with store.lock:
+                now = self.clock.wall_ms()
+                for key in keys[start:start + DIGEST_BATCH]:
+                    entry, expire_at = store.peek(key), store.expire_at(key)
+                    if entry is not None and (expire_at is None or expire_at > now):
+                        hashes.append(digest_mod.entry_digest(key, entry, expire_at))
+        return digest_mod.as_text(digest_mod.combine(hashes))
+
     def info(self) -> dict:
         """Build the INFO map: the engine's own figures plus every info source's."""
         with self._clients_lock:
@@ -298,6 +323,7 @@ class Engine:
             "blocked_clients": blocked,
             "commands_processed": processed,
             "replication_offset": seq,
+            "digest": self.digest(),
         }
         for source in self._info_sources:
             result.update(source())

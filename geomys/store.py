@@ -63,6 +63,10 @@ class Store:
     def __len__(self) -> int:
         return len(self._data)
 
+    def keys(self):
+        """A view of every stored key, expired or not (copy it before releasing the lock)."""
+        return self._data.keys()
+
     # -- mutations (caller holds lock) -------------------------------------
 
     def put(self, key, value: Value, expire_at_ms: Optional[int] = None) -> None:
