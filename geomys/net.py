@@ -6,6 +6,7 @@ the records they produced to be safe, and answers them all in one send.
 """
 
 import logging
+import select
 import socket
 import socketserver
 import threading
@@ -21,6 +22,7 @@ READ_SIZE = 256 * 1024
 # stays open; a long run of them in one read is text or noise, not a client
 # speaking MessagePack, and is treated like undecodable bytes.
 GARBAGE_RUN = 8
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 class ClientHandler(socketserver.BaseRequestHandler):
@@ -54,7 +56,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
         execute, pack, pending = engine.execute, self.packer.pack, self.pending
         limit = self.server.max_request_bytes
         unpacker = protocol.new_unpacker(limit)
-        fed = 0  # bytes fed so far; `fed - unpacker.tell()` of them are not decoded yet
+        fed = 0    # bytes fed to the unpacker so far
+        start = 0  # stream offset where the request being decoded began
         while True:
             data = sock.recv(READ_SIZE)
             if not data:
@@ -62,11 +65,12 @@ class ClientHandler(socketserver.BaseRequestHandler):
             odd_run = 0
             rest = memoryview(data)
             while rest:
-                # The limit is per request: feed only what the unpacker may hold
-                # on top of an unfinished request, decode every whole request,
-                # then go on, so that many small pipelined requests arriving in
-                # one read are never mistaken for one request over the limit.
-                room = limit - (fed - unpacker.tell())
+                # The limit is per request: feed at most `limit` bytes counted
+                # from the start of the unfinished request, decode every whole
+                # request, then go on. Many small pipelined requests arriving in
+                # one read are thus never mistaken for one over the limit, and a
+                # request over it is caught even if it trickles in.
+                room = limit - (fed - start)
                 chunk, rest = rest[:room], rest[room:]
                 try:
                     if not chunk:
@@ -78,6 +82,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 fed += len(chunk)
                 try:
                     for request in unpacker:
+                        start = unpacker.tell()
                         if type(request) is dict:
                             odd_run = 0
                         else:
@@ -111,7 +116,19 @@ class ClientHandler(socketserver.BaseRequestHandler):
         self._flush()
 
     def _is_connected(self) -> bool:
-        """Tell, without blocking, whether the client still has its end open."""
+        """Tell, without blocking, whether the client still has its end open.
+
+        poll's POLLRDHUP (Linux) sees the client's FIN even behind requests it
+        sent after the blocked one and that are still unread, where a one-byte
+        MSG_PEEK would find those bytes and answer yes; elsewhere, the peek.
+        """
+        if _POLLRDHUP:
+            try:
+                poller = select.poll()
+                poller.register(self.request, _POLLRDHUP)
+                return not poller.poll(0)  # any event (RDHUP, HUP, ERR) means gone
+            except (OSError, ValueError):
+                return False
         try:
             return self.request.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
         except BlockingIOError:

@@ -12,8 +12,9 @@ from .errors import BadRequest, GeomysError, TooLarge
 
 logger = logging.getLogger(__name__)
 
-#: Exceptions raised by the streaming unpacker for bytes that are not MessagePack.
-DECODE_ERRORS = (ValueError, msgpack.exceptions.UnpackException)
+#: Exceptions raised by the streaming unpacker for bytes that are not MessagePack,
+#: or not representable in Python (TypeError: a map whose key is an array or a map).
+DECODE_ERRORS = (ValueError, TypeError, msgpack.exceptions.UnpackException)
 
 
 def new_unpacker(max_request_bytes: int) -> msgpack.Unpacker:

@@ -28,7 +28,8 @@ def info(store, ctx):
 def auth(store, ctx, password):
     """AUTH password -> OK, or AUTH_FAILED."""
     if not ctx.engine.check_password(password):
-        ctx.authenticated = False
+        # Like Redis 6+: a failed AUTH leaves the connection as it was (and a
+        # server without requirepass must not lock the client out).
         raise AuthFailed("invalid password" if ctx.engine.requirepass else
                          "AUTH was sent but no password is configured")
     ctx.authenticated = True

@@ -173,9 +173,11 @@ def build_table(*spec_groups) -> dict[str, CommandSpec]:
 
 
 def lookup(table: dict, name) -> Optional[CommandSpec]:
-    """Find the spec for a command name in any letter case; None if unknown."""
+    """Find the spec for a command name in any letter case; None if unknown or not a str."""
+    if type(name) is not str:  # also keeps unhashable names (a list, a map) out of dict.get
+        return None
     spec = table.get(name)
-    if spec is None and type(name) is str:
+    if spec is None:
         spec = table.get(name.upper())
     return spec
 

@@ -1,0 +1,202 @@
+"""The Engine's single execute path: request shape, command lookup, error
+mapping, effect records and their numbering, settle and sweeping.
+
+Engine(Store(), FakeClock()) only: no sockets, no sleeps.
+"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from geomys.commands import BLOCKING, TABLE
+from geomys.errors import BY_CODE
+from tests.fakes import EPOCH_MS, Harness, RecordingSink, assert_error
+
+ERROR_CODES = set(BY_CODE)
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+@pytest.fixture
+def sink(h):
+    recording = RecordingSink()
+    h.engine.add_sink(recording)
+    return recording
+
+
+# -- request shape ------------------------------------------------------------
+
+@pytest.mark.parametrize("request_", [["PING"], 5, "PING", None, b"PING", 1.5, True])
+def test_a_request_that_is_not_a_map_is_bad_request(h, request_):
+    assert_error(h.engine.execute(request_, h.ctx), "BAD_REQUEST")
+
+
+def test_a_map_without_command_is_bad_request_naming_the_field(h):
+    assert_error(h.engine.execute({"key": "k"}, h.ctx), "BAD_REQUEST", "command")
+
+
+@pytest.mark.parametrize("name", [5, None, True, ["GET"], {"GET": 1}, 1.5])
+def test_a_command_that_is_not_a_string_is_bad_request_naming_the_field(h, name):
+    assert_error(h.engine.execute({"command": name, "key": "k"}, h.ctx), "BAD_REQUEST", "command")
+
+
+def test_an_unknown_command_is_unknown_command_naming_it(h):
+    assert_error(h.run("FROBNICATE", key="k"), "UNKNOWN_COMMAND", "FROBNICATE")
+
+
+@pytest.mark.parametrize("name", ["get", "Get", "gEt", "GET"])
+def test_command_names_are_case_insensitive(h, name):
+    h.ok("SET", key="k", value="v")
+    assert h.run(name, key="k") == {"status": "OK", "value": "v"}
+
+
+def test_fields_a_command_does_not_take_are_ignored(h):
+    assert h.run("PING", key="k", extra=[1, 2]) == {"status": "OK", "message": "PONG"}
+
+
+def test_a_field_name_that_is_not_a_string_is_ignored_like_any_unknown_field(h):
+    assert h.engine.execute({"command": "PING", 1: "one"}, h.ctx)["message"] == "PONG"
+
+
+def test_an_unexpected_exception_becomes_internal_and_the_engine_keeps_serving(h):
+    def broken():
+        raise RuntimeError("boom")
+    h.engine.set_compactor(broken)
+    assert_error(h.run("COMPACT"), "INTERNAL")
+    assert h.run("PING")["message"] == "PONG"
+    h.ok("SET", key="k", value="v")
+
+
+def test_every_request_counts_as_a_processed_command_even_a_failed_one(h):
+    h.run("GET", key="missing")
+    h.engine.execute([], h.ctx)
+    h.run("NOPE")
+    assert h.value("INFO")["commands_processed"] == 4
+
+
+# -- effects and their numbering ----------------------------------------------
+
+def test_without_a_sink_nothing_is_recorded(h):
+    h.ok("SET", key="k", value="v")
+    assert h.store.effects == []
+    assert h.value("INFO")["replication_offset"] == 0
+
+
+def test_write_records_are_numbered_consecutively_from_one(h, sink):
+    h.ok("SET", key="a", value="1")
+    h.ok("PUSH", key="l", value="x")
+    h.ok("LPOP", key="l")
+    h.ok("DEL", key="a")
+    h.ok("FLUSHDB")
+    assert sink.appended == [
+        (1, ("SET", "a", "1", None)),
+        (2, ("PUSH", "l", "x")),
+        (3, ("LPOP", "l")),
+        (4, ("DEL", "a")),
+        (5, ("FLUSHDB",)),
+    ]
+    assert h.value("INFO")["replication_offset"] == 5
+
+
+def test_a_failed_set_produces_no_record(h, sink):
+    h.ok("SET", key="k", value="v")
+    assert_error(h.run("SET", key="k", value="w"), "KEY_EXISTS", "k")
+    assert_error(h.run("SET", key="x"), "BAD_REQUEST", "value")
+    assert sink.records == [("SET", "k", "v", None)]
+
+
+@pytest.mark.parametrize("command, fields", [
+    ("GET", {"key": "s"}), ("EXISTS", {"key": "s"}), ("LLEN", {"key": "l"}), ("PING", {}),
+    ("INFO", {}), ("ECHO", {"message": "m"}), ("DEL", {"key": "absent"}),
+    ("INCR", {"key": "l"}), ("PUSH", {"key": "s", "value": "x"}), ("LPOP", {"key": "absent"}),
+])
+def test_reads_and_failed_writes_produce_no_record(h, sink, command, fields):
+    h.ok("SET", key="s", value="v")
+    h.ok("PUSH", key="l", value="x")
+    before = list(sink.appended)
+    h.run(command, **fields)
+    assert sink.appended == before
+
+
+def test_set_with_exp_is_recorded_with_an_absolute_expiry(h, sink):
+    h.ok("SET", key="k", value="v", exp=2000)
+    assert sink.records == [("SET", "k", "v", EPOCH_MS + 2000)]
+
+
+def test_incr_is_recorded_as_a_set_of_the_new_value_keeping_the_ttl(h, sink):
+    h.ok("SET", key="c", value="1", exp=5000)
+    h.clock.advance(1)
+    h.ok("INCR", key="c", offset=4)
+    assert sink.records[-1] == ("SET", "c", "5", EPOCH_MS + 5000)
+
+
+def test_a_read_that_finds_an_expired_key_records_its_deletion(h, sink):
+    h.ok("SET", key="k", value="v", exp=10)
+    h.clock.advance(1)
+    assert_error(h.run("GET", key="k"), "NOT_FOUND", "k")
+    assert sink.records[-1] == ("DEL", "k")
+
+
+def test_sweep_expired_deletes_unread_expired_keys_and_records_them(h, sink):
+    for i in range(5):
+        h.ok("SET", key="t%d" % i, value="v", exp=100)
+    h.ok("SET", key="keep", value="v")
+    h.clock.advance(0.1)
+    assert h.engine.sweep_expired() == 5
+    assert h.value("INFO")["keys"] == 1
+    assert sorted(sink.records[-5:]) == [("DEL", "t%d" % i) for i in range(5)]
+
+
+def test_settle_waits_on_every_sink_for_the_newest_record_the_client_saw(h, sink):
+    other = RecordingSink()
+    h.engine.add_sink(other)
+    h.ok("SET", key="a", value="1")
+    h.ok("SET", key="b", value="2")
+    h.engine.settle(h.ctx)
+    assert sink.waited == [2] and other.waited == [2]
+
+
+def test_a_read_after_another_clients_write_settles_on_that_write(h, sink):
+    writer = h.new_context()
+    h.run("SET", ctx=writer, key="k", value="v")
+    assert h.run("GET", key="k")["value"] == "v"
+    h.engine.settle(h.ctx)
+    assert sink.waited == [1]
+
+
+def test_password_check_compares_exactly(h):
+    locked = Harness(requirepass="pw")
+    assert locked.engine.check_password("pw")
+    assert locked.engine.check_password(b"pw")
+    assert not locked.engine.check_password("pw ")
+    assert not locked.engine.check_password("")
+    assert not h.engine.check_password("")
+
+
+# -- no request makes the engine fail internally -----------------------------
+
+FIELD_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=8)
+    | st.binary(max_size=8) | st.sampled_from(["1", "-1", "0", "1.5", "nan", "inf", "9" * 25, " 2"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6)
+NON_BLOCKING = sorted({spec.name for spec in TABLE.values() if BLOCKING not in spec.flags})
+REQUESTS = st.fixed_dictionaries(
+    {"command": st.sampled_from(NON_BLOCKING) | st.sampled_from(NON_BLOCKING).map(str.lower) | FIELD_VALUES},
+    optional={name: FIELD_VALUES | st.sampled_from(["k", "l", "s"])
+              for name in ("key", "value", "message", "offset", "exp", "timeout")})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(REQUESTS, min_size=1, max_size=5))
+def test_no_request_gets_an_internal_error(requests):
+    h = Harness()
+    h.ok("SET", key="s", value="text")
+    h.ok("PUSH", key="l", value="x")
+    for request in requests:
+        reply = h.engine.execute(request, h.ctx)
+        assert reply["status"] in ("OK", "ERROR"), reply
+        if reply["status"] == "ERROR":
+            assert reply["code"] in ERROR_CODES and reply["code"] != "INTERNAL", (request, reply)
