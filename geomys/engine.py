@@ -16,7 +16,7 @@ from . import __version__
 from .clock import Clock
 from . import digest as digest_mod
 from . import records as records_mod
-from .commands import BLOCKING, NOAUTH, NOLOCK, TABLE, WRITE, lookup
+from .commands import TABLE, lookup
 from .errors import AuthRequired, BadRequest, GeomysError, Timeout, UnknownCommand, describe_key
 from .protocol import error_reply
 from .store import Store
@@ -125,18 +125,18 @@ class Engine:
                 if type(name) is not str:
                     raise BadRequest("field 'command' is missing or not a string")
                 raise UnknownCommand("unknown command %s" % describe_key(name))
-            if not ctx.authenticated and NOAUTH not in spec.flags:
+            if not ctx.authenticated and spec.needs_auth:
                 raise AuthRequired("authentication required: send AUTH first")
             args = spec.parse(request)
-            if NOLOCK in spec.flags:
+            if not spec.needs_lock:
                 return spec.handler(self.store, ctx, *args)
-            if BLOCKING in spec.flags:
+            if spec.is_blocking:
                 return self._execute_blocking(spec, args, ctx, request)
             store = self.store
             with store.lock:
                 # Checked under the lock: the role cannot change between this
                 # test and the write's record reaching the sinks.
-                if self.forwarder is None or WRITE not in spec.flags:
+                if self.forwarder is None or not spec.is_write:
                     ctx.now_ms = self.clock.wall_ms()
                     try:
                         return spec.handler(store, ctx, *args)

@@ -12,6 +12,7 @@ import socketserver
 import threading
 
 from . import protocol
+from .commands.table import OK
 from .engine import ClientGone, Context, Engine
 from .errors import GeomysError, InternalError
 
@@ -23,6 +24,7 @@ READ_SIZE = 256 * 1024
 # speaking MessagePack, and is treated like undecodable bytes.
 GARBAGE_RUN = 8
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+OK_BYTES = protocol.new_packer().pack(OK)  # the commonest reply, packed once
 
 
 class ClientHandler(socketserver.BaseRequestHandler):
@@ -91,7 +93,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
                                 del pending[-GARBAGE_RUN:]
                                 self._close_with(protocol.not_msgpack_reply())
                                 return
-                        pending.append(pack(execute(request, ctx)))
+                        reply = execute(request, ctx)
+                        pending.append(OK_BYTES if reply is OK else pack(reply))
                 except protocol.DECODE_ERRORS:
                     self._close_with(protocol.not_msgpack_reply())
                     return

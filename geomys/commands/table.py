@@ -6,7 +6,7 @@ flags the engine routes by. Handlers receive typed values. Pure: imports
 only errors, store and the command modules.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable, Optional
 
 from ..errors import BadRequest
@@ -114,9 +114,6 @@ def _describe(raw) -> str:
 
 # -- the table ----------------------------------------------------------------
 
-_MISSING = object()
-
-
 @dataclass(frozen=True, slots=True)
 class Field:
     """One request field a command takes."""
@@ -129,24 +126,39 @@ class Field:
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A command: its name, handler, fields and flags."""
+    """A command: its name, handler, fields and flags.
+
+    The flags are also kept as booleans, so routing a request costs a few
+    attribute reads.
+    """
 
     name: str
     handler: Callable
     fields: tuple = ()
     flags: frozenset = frozenset()
     summary: str = ""
+    is_write: bool = dataclass_field(init=False, repr=False, compare=False)
+    is_blocking: bool = dataclass_field(init=False, repr=False, compare=False)
+    needs_lock: bool = dataclass_field(init=False, repr=False, compare=False)
+    needs_auth: bool = dataclass_field(init=False, repr=False, compare=False)
 
-    @property
-    def is_write(self) -> bool:
-        return WRITE in self.flags
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: computed once here
+        set_(self, "is_write", WRITE in self.flags)
+        set_(self, "is_blocking", BLOCKING in self.flags)
+        set_(self, "needs_lock", NOLOCK not in self.flags)
+        set_(self, "needs_auth", NOAUTH not in self.flags)
 
     def parse(self, request: dict) -> tuple:
-        """Convert the request's fields to the handler's arguments, or raise BadRequest."""
+        """Convert the request's fields to the handler's arguments, or raise BadRequest.
+
+        A field that is missing or nil takes its default (or is an error when required).
+        """
         args = []
+        get = request.get
         for field in self.fields:
-            raw = request.get(field.name, _MISSING)
-            if raw is _MISSING or raw is None:
+            raw = get(field.name)
+            if raw is None:
                 if field.required:
                     raise BadRequest("%s needs the field '%s'" % (self.name, field.name))
                 args.append(field.default)
