@@ -517,7 +517,7 @@ class ClusterNode:
         seq = position[0]
         while True:
             with self.store.lock:
-                if not self.backlog.covers(seq, self.backlog.term_at(seq) or 0) and seq != self.engine.seq:
+                if self.backlog.term_at(seq) is None:
                     return  # fell out of the backlog meanwhile: the caller will be told to sync again
                 payloads = self.backlog.after(seq, APPEND_BATCH, APPEND_BATCH_BYTES)
             if not payloads:
@@ -821,6 +821,8 @@ class ClusterNode:
         try:
             with self.store.lock:
                 state = self.state
+                if state.role == LEADER and self.engine.forwarder is None:
+                    return  # a concurrent take-over already won: never demote a serving leader to CANDIDATE
                 term = max(state.term, seen_term) + 1
                 members = dict(state.members)
                 if self.me.node_id not in members:

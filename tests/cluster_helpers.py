@@ -1,0 +1,398 @@
+"""Test support for clusters of real geomys processes on 127.0.0.1.
+
+`Cluster` starts N nodes with short timings, reads INFO to find the leader and
+to wait until every node agrees; `WriteLoad` runs client threads that record
+every acknowledged write and retry elsewhere on NO_LEADER or a dropped
+connection. Every wait is bounded (tests.helpers.wait_until); processes are
+signalled by the PID this module started, never by name.
+"""
+
+import itertools
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from tests.helpers import HOST, RawClient, ServerProcess, wait_until
+
+JOIN_ATTEMPTS = 3
+HEARTBEAT = 0.2
+FAILURE_TIMEOUT = 1.0
+
+#: Connection failures a client treats as "try another node".
+CONNECTION_ERRORS = (OSError, EOFError)
+
+
+def grpc_address(node: ServerProcess) -> str:
+    return "%s:%d" % (HOST, node.port + 1000)
+
+
+def try_info(node: ServerProcess, timeout: float = 2.0) -> Optional[dict]:
+    """INFO of `node`, or None if it does not answer within `timeout`."""
+    try:
+        with RawClient(node.port, timeout=timeout) as client:
+            reply = client.call("INFO")
+    except CONNECTION_ERRORS:
+        return None
+    return reply.get("value") if reply.get("status") == "OK" else None
+
+
+def get_many(port: int, keys: Iterable[str], batch: int = 500, timeout: float = 30.0) -> dict:
+    """GET every key from one node (pipelined); return key -> value, or None for NOT_FOUND."""
+    keys = list(keys)
+    out = {}
+    with RawClient(port, timeout=timeout) as client:
+        for start in range(0, len(keys), batch):
+            part = keys[start:start + batch]
+            client.send(*({"command": "GET", "key": k} for k in part))
+            for key in part:
+                reply = client.read()
+                if reply.get("status") == "OK":
+                    out[key] = reply["value"]
+                elif reply.get("code") == "NOT_FOUND":
+                    out[key] = None
+                else:
+                    raise AssertionError("GET %r on port %d answered %r" % (key, port, reply))
+    return out
+
+
+class Cluster:
+    """Nodes of one test cluster, keyed by node id; node 1 bootstraps unless told otherwise."""
+
+    def __init__(self, workdir: Path, heartbeat_interval: float = HEARTBEAT,
+                 failure_timeout: float = FAILURE_TIMEOUT, **options) -> None:
+        self.workdir = Path(workdir)
+        self.options = dict(heartbeat_interval=heartbeat_interval, failure_timeout=failure_timeout, **options)
+        self.failure_timeout = failure_timeout
+        self.nodes: dict[int, ServerProcess] = {}
+        self.dead: set[int] = set()          # killed by the test (kill -9 or clean stop)
+        self.paused: set[int] = set()
+        self.join_retries = 0                # joins retried after a transient RPC failure
+
+    # -- processes -------------------------------------------------------------------
+
+    def _process(self, node_id: int, **options) -> ServerProcess:
+        merged = dict(self.options, node_id=node_id, **options)
+        node = ServerProcess(self.workdir / ("node%d" % node_id), **merged)
+        self.nodes[node_id] = node
+        return node
+
+    def start(self, size: int = 3, first_id: int = 1) -> "Cluster":
+        """Bootstrap node `first_id`, join the others one by one, wait until all are members."""
+        self._process(first_id, bootstrap=True).start()
+        for node_id in range(first_id + 1, first_id + size):
+            self.add_node(node_id)
+        return self
+
+    def add_node(self, node_id: int, via: Optional[int] = None, wait: bool = True, **options) -> ServerProcess:
+        """Start a node that joins through `via` (default: any live node); wait until it is a member."""
+        via = via if via is not None else self.live_ids()[0]
+        for attempt in range(JOIN_ATTEMPTS):
+            node = self._process(node_id, join=grpc_address(self.nodes[via]), **options)
+            try:
+                node.start(wait=wait)
+                break
+            except AssertionError as exc:
+                # geomys gives up a join when its first Join RPC fails, and on a loaded machine
+                # that call can miss rpc_timeout: retry that case only, and say so (a warning).
+                transient = "no Geomys cluster answers" in node.log_text() and via in self.running_ids()
+                if not transient or attempt == JOIN_ATTEMPTS - 1:
+                    raise AssertionError("node %d could not join through node %d: %s\ninfos: %s\n%s" % (
+                        node_id, via, exc, self._brief(self.running_ids()), self.logs())) from None
+                node.cleanup()
+                self.join_retries += 1
+                warnings.warn("node %d: join through node %d retried after a transient failure: %s"
+                              % (node_id, via, node.log_text().strip().splitlines()[-1:]))
+        if wait:
+            self.wait_members(self.live_ids(), timeout=10 * self.failure_timeout + 10)
+        return node
+
+    def kill(self, node_id: int) -> None:
+        """kill -9 one node."""
+        self.nodes[node_id].kill()
+        self.dead.add(node_id)
+        self.paused.discard(node_id)
+
+    def pause(self, node_id: int) -> None:
+        self.nodes[node_id].pause()
+        self.paused.add(node_id)
+
+    def resume(self, node_id: int) -> None:
+        self.nodes[node_id].resume()
+        self.paused.discard(node_id)
+
+    def live_ids(self) -> list[int]:
+        """Ids of the nodes started and neither killed nor exited, smallest first."""
+        return sorted(n for n, p in self.nodes.items()
+                      if n not in self.dead and p.proc is not None and p.proc.poll() is None)
+
+    def running_ids(self) -> list[int]:
+        """Live and not paused."""
+        return [n for n in self.live_ids() if n not in self.paused]
+
+    def port(self, node_id: int) -> int:
+        return self.nodes[node_id].port
+
+    def cleanup(self) -> None:
+        for node in self.nodes.values():
+            node.cleanup()
+
+    def logs(self, ids: Optional[Iterable[int]] = None, tail: int = 40) -> str:
+        """The last lines of each node's log, for failure messages."""
+        parts = []
+        for node_id in ids if ids is not None else sorted(self.nodes):
+            lines = self.nodes[node_id].log_text().splitlines()[-tail:]
+            parts.append("--- node %d ---\n%s" % (node_id, "\n".join(lines)))
+        return "\n".join(parts)
+
+    # -- INFO ------------------------------------------------------------------------
+
+    def info(self, node_id: int) -> dict:
+        return self.nodes[node_id].info()
+
+    def infos(self, ids: Optional[Iterable[int]] = None) -> dict[int, Optional[dict]]:
+        ids = self.running_ids() if ids is None else ids
+        return {n: try_info(self.nodes[n]) for n in ids}
+
+    def agreed_leader(self, ids: Optional[Iterable[int]] = None) -> Optional[int]:
+        """The leader every node of `ids` names at one term, if that leader is among them and says so."""
+        infos = self.infos(ids)
+        if not infos or any(i is None for i in infos.values()):
+            return None
+        leaders = {(i["leader_id"], i["term"]) for i in infos.values()}
+        if len(leaders) != 1:
+            return None
+        leader, _ = leaders.pop()
+        if leader not in infos or infos[leader]["role"] != "leader":
+            return None
+        if any(i["role"] != "follower" for n, i in infos.items() if n != leader):
+            return None
+        return leader
+
+    def wait_leader(self, ids: Optional[Iterable[int]] = None, timeout: Optional[float] = None,
+                    not_in: Iterable[int] = ()) -> int:
+        """Wait until the nodes `ids` (default: running ones) agree on a leader outside `not_in`."""
+        ids = list(self.running_ids() if ids is None else ids)
+        not_in = set(not_in)
+        timeout = timeout if timeout is not None else 8 * self.failure_timeout + 5
+
+        def agreed():
+            leader = self.agreed_leader(ids)
+            return leader if leader is not None and leader not in not_in else None
+        try:
+            return wait_until(agreed, timeout, 0.05, "nodes %s to agree on a leader" % ids)
+        except AssertionError as exc:
+            raise AssertionError("%s\ninfos: %s\n%s" % (exc, self._brief(ids), self.logs(ids))) from None
+
+    def wait_members(self, ids: Iterable[int], timeout: Optional[float] = None) -> None:
+        """Wait until every node of `ids` lists exactly `ids` as the membership."""
+        ids = sorted(ids)
+        want = {str(n) for n in ids}
+        timeout = timeout if timeout is not None else 8 * self.failure_timeout + 5
+
+        def agreed():
+            infos = self.infos(ids)
+            return all(i is not None and set(i["nodes"]) == want for i in infos.values())
+        try:
+            wait_until(agreed, timeout, 0.05, "nodes %s to list exactly themselves as members" % ids)
+        except AssertionError as exc:
+            raise AssertionError("%s\ninfos: %s\n%s" % (exc, self._brief(ids), self.logs(ids))) from None
+
+    def wait_converged(self, ids: Optional[Iterable[int]] = None, timeout: Optional[float] = None) -> dict:
+        """Wait until the nodes agree on leader, term, membership, applied offset, key count and digest."""
+        ids = list(self.running_ids() if ids is None else ids)
+        timeout = timeout if timeout is not None else 8 * self.failure_timeout + 10
+
+        def converged():
+            if self.agreed_leader(ids) is None:
+                return None
+            infos = self.infos(ids)
+            if any(i is None for i in infos.values()):
+                return None
+            # `digest` (SPEC §2: equal digests, equal data) is compared too when INFO has it.
+            fields = {(i["term"], i["leader_id"], tuple(sorted(i["nodes"])), i["replication_offset"], i["keys"],
+                       i.get("digest")) for i in infos.values()}
+            return infos if len(fields) == 1 else None
+        try:
+            return wait_until(converged, timeout, 0.05, "nodes %s to converge" % ids)
+        except AssertionError as exc:
+            raise AssertionError("%s\ninfos: %s\n%s" % (exc, self._brief(ids), self.logs(ids))) from None
+
+    def _brief(self, ids) -> dict:
+        keys = ("role", "term", "leader_id", "nodes", "replication_offset", "commit_offset", "keys", "digest",
+                "followers", "learners", "syncing")
+        return {n: ({k: i.get(k) for k in keys} if i else None) for n, i in self.infos(ids).items()}
+
+    # -- data ------------------------------------------------------------------------
+
+    def write(self, node_id: int, command: str, **fields) -> dict:
+        return self.nodes[node_id].call(command, **fields)
+
+    def data(self, node_id: int, keys: Iterable[str]) -> dict:
+        return get_many(self.port(node_id), keys)
+
+
+class WriteLoad:
+    """Client threads writing unique SET keys and per-thread INCR counters, recording every ack.
+
+    Each thread alternates `SET <prefix>-<thread>-<i>` and `INCR <prefix>-counter-<thread>`.
+    On NO_LEADER or a dropped/timed-out connection it moves to the next port
+    that `ports()` returns (unless `sticky`) and retries the same operation,
+    so a write whose first attempt was applied may come back KEY_EXISTS: that
+    reply also proves the key exists (replies reveal only committed writes),
+    and it is recorded as confirmed.
+    """
+
+    def __init__(self, ports: Callable[[], list[int]], threads: int = 4, prefix: str = "load",
+                 value_size: int = 16, socket_timeout: float = 2.0, sticky: bool = False,
+                 pause_after_error: float = 0.02) -> None:
+        self.ports = ports
+        self.prefix = prefix
+        self.value_size = value_size
+        self.socket_timeout = socket_timeout
+        self.sticky = sticky
+        self.pause_after_error = pause_after_error
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.acked_sets: dict[str, str] = {}         # key -> value, acknowledged OK
+        self.confirmed_sets: dict[str, str] = {}     # key -> value, retry answered KEY_EXISTS
+        self.acked_incrs = [0] * threads             # INCRs acknowledged per thread
+        self.attempted_incrs = [0] * threads         # INCRs sent at least once (upper bound)
+        self.last_incr_value = [0] * threads
+        self.errors: dict[str, int] = {}
+        self.unexpected: list = []
+        self._threads = [threading.Thread(target=self._run, args=(t,), name="load-%d" % t, daemon=True)
+                         for t in range(threads)]
+
+    # -- control ---------------------------------------------------------------------
+
+    def start(self) -> "WriteLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.1))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        assert not alive, "load threads did not stop: %s" % alive
+
+    def __enter__(self) -> "WriteLoad":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- results ---------------------------------------------------------------------
+
+    @property
+    def acked(self) -> int:
+        with self._lock:
+            return len(self.acked_sets) + sum(self.acked_incrs)
+
+    def counter_key(self, thread: int) -> str:
+        return "%s-counter-%d" % (self.prefix, thread)
+
+    def all_keys(self) -> list[str]:
+        with self._lock:
+            return list(self.acked_sets) + list(self.confirmed_sets) + \
+                [self.counter_key(t) for t in range(len(self.acked_incrs))]
+
+    def wait_acked(self, count: int, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.acked >= count, timeout, 0.05,
+                   "%d acknowledged writes (errors so far: %s)" % (count, self.errors))
+
+    def check(self, data: dict, where: str = "") -> None:
+        """Assert that `data` (key -> value from one node) holds every acknowledged write."""
+        with self._lock:
+            sets = dict(self.acked_sets, **self.confirmed_sets)
+            acked_incrs, attempted = list(self.acked_incrs), list(self.attempted_incrs)
+            last = list(self.last_incr_value)
+        missing = sorted(k for k, v in sets.items() if data.get(k) != v)
+        assert not missing, "%s: %d acknowledged SETs missing or wrong, e.g. %s" % (
+            where, len(missing), [(k, sets[k], data.get(k)) for k in missing[:5]])
+        for t, (acked, tried, seen) in enumerate(zip(acked_incrs, attempted, last)):
+            value = int(data.get(self.counter_key(t)) or 0)
+            assert value >= acked, "%s: counter %d is %d but %d INCRs were acknowledged" % (where, t, value, acked)
+            assert value >= seen, "%s: counter %d is %d but a reply already showed %d" % (where, t, value, seen)
+            assert value <= tried, "%s: counter %d is %d but only %d INCRs were sent" % (where, t, value, tried)
+
+    # -- the client threads --------------------------------------------------------------
+
+    def _note_error(self, what: str) -> None:
+        with self._lock:
+            self.errors[what] = self.errors.get(what, 0) + 1
+
+    def _run(self, t: int) -> None:
+        client, port = None, None
+        rotation = itertools.count(t)
+        ops = self._operations(t)
+        op = next(ops)
+        while not self._stop.is_set():
+            if client is None:
+                ports = self.ports()
+                if not ports:
+                    self._stop.wait(0.05)
+                    continue
+                port = ports[0] if self.sticky else ports[next(rotation) % len(ports)]
+                try:
+                    client = RawClient(port, timeout=self.socket_timeout)
+                except CONNECTION_ERRORS:
+                    self._note_error("connect")
+                    client = None
+                    self._stop.wait(self.pause_after_error)
+                    continue
+            if op["command"] == "INCR":
+                with self._lock:
+                    self.attempted_incrs[t] += 1   # every send may apply: an upper bound
+            try:
+                reply = client.call(op["command"], **{k: v for k, v in op.items() if k != "command"})
+            except (socket.timeout, TimeoutError):
+                self._note_error("timeout")
+                client.close()
+                client = None
+                continue
+            except CONNECTION_ERRORS:
+                self._note_error("connection")
+                client.close()
+                client = None
+                self._stop.wait(self.pause_after_error)
+                continue
+            if self._record(t, op, reply):
+                op = next(ops)
+            else:
+                client.close()
+                client = None
+                self._stop.wait(self.pause_after_error)
+        if client is not None:
+            client.close()
+
+    def _operations(self, t: int):
+        for i in itertools.count():
+            value = ("v%d-%d-" % (t, i)).ljust(self.value_size, "x")
+            yield {"command": "SET", "key": "%s-%d-%d" % (self.prefix, t, i), "value": value}
+            yield {"command": "INCR", "key": self.counter_key(t)}
+
+    def _record(self, t: int, op: dict, reply: dict) -> bool:
+        """Note the outcome; return True to go on with the next operation, False to retry elsewhere."""
+        status, code = reply.get("status"), reply.get("code")
+        with self._lock:
+            if status == "OK":
+                if op["command"] == "SET":
+                    self.acked_sets[op["key"]] = op["value"]
+                else:
+                    self.acked_incrs[t] += 1
+                    self.last_incr_value[t] = max(self.last_incr_value[t], reply["value"])
+                return True
+            if op["command"] == "SET" and code == "KEY_EXISTS":
+                self.confirmed_sets[op["key"]] = op["value"]
+                return True
+        self._note_error(code or "?")
+        if code != "NO_LEADER":
+            with self._lock:
+                self.unexpected.append((op, reply))
+        return False

@@ -1,0 +1,445 @@
+"""The cluster's pure rules (geomys.cluster.state): membership, liveness, election, commit, health.
+
+Every function takes the time as an argument, so these tests pass explicit
+`now` values: no sockets, no sleeps, no threads.
+"""
+
+import msgpack
+import pytest
+
+from geomys.cluster import state as rules
+from geomys.cluster.state import (CANDIDATE, FOLLOWER, LEADER, LEARNER, ClusterState, NodeAddress,
+                                  VoteAnswer)
+
+FT = 1.0      # failure_timeout used throughout
+NOW = 1000.0
+
+
+def addr(node_id: int, port: int = 0) -> NodeAddress:
+    port = port or 6000 + node_id
+    return NodeAddress(node_id, "127.0.0.1:%d" % port, "127.0.0.1:%d" % (port + 1000))
+
+
+def members_of(*ids: int) -> dict[int, NodeAddress]:
+    return {n: addr(n) for n in ids}
+
+
+def answer(node_id: int, nominee: int, term: int = 1, last_seq: int = 0, last_term: int = 1) -> VoteAnswer:
+    return VoteAnswer(node_id, nominee, term, last_seq, last_term)
+
+
+# -- majority ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size, needed", [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)])
+def test_majority_is_more_than_half_of_the_members(size, needed):
+    assert rules.majority(size) == needed
+
+
+# -- membership hash and MEMBERS records ---------------------------------------------------
+
+def test_membership_hash_ignores_insertion_order():
+    forward = {1: addr(1), 2: addr(2), 3: addr(3)}
+    backward = {3: addr(3), 2: addr(2), 1: addr(1)}
+    assert rules.membership_hash(forward) == rules.membership_hash(backward)
+
+
+def test_membership_hash_changes_when_a_member_is_added_or_removed():
+    three = members_of(1, 2, 3)
+    assert rules.membership_hash(three) != rules.membership_hash(members_of(1, 2))
+    assert rules.membership_hash(three) != rules.membership_hash(members_of(1, 2, 3, 4))
+
+
+def test_membership_hash_changes_when_an_address_changes():
+    moved = members_of(1, 2)
+    moved[2] = addr(2, port=7777)
+    assert rules.membership_hash(members_of(1, 2)) != rules.membership_hash(moved)
+
+
+def test_membership_hash_is_a_short_hex_string():
+    digest = rules.membership_hash(members_of(1, 2, 3))
+    assert len(digest) == 16 and int(digest, 16) >= 0
+
+
+def test_members_record_round_trips_through_members_from_record():
+    members = members_of(3, 1, 2)
+    record = rules.members_record(members)
+    assert record[0] == "MEMBERS"
+    assert rules.members_from_record(record) == members
+
+
+def test_members_record_survives_a_msgpack_round_trip():
+    # Records travel and are stored as MessagePack, which turns tuples into lists.
+    members = members_of(1, 5, 9)
+    wire = msgpack.unpackb(msgpack.packb(rules.members_record(members)), raw=False)
+    assert rules.members_from_record(wire) == members
+
+
+def test_members_record_lists_nodes_in_id_order():
+    record = rules.members_record({3: addr(3), 1: addr(1), 2: addr(2)})
+    assert [m[0] for m in record[1]] == [1, 2, 3]
+
+
+def test_empty_membership_round_trips():
+    assert rules.members_from_record(rules.members_record({})) == {}
+
+
+# -- liveness ------------------------------------------------------------------------------
+
+def test_node_heard_within_failure_timeout_is_live():
+    live = rules.live_ids(1, {2: NOW - 0.5}, NOW, FT, among=[1, 2])
+    assert live == {1, 2}
+
+
+def test_node_silent_for_failure_timeout_is_not_live():
+    live = rules.live_ids(1, {2: NOW - FT, 3: NOW - 5}, NOW, FT, among=[1, 2, 3])
+    assert live == {1}
+
+
+def test_node_never_heard_from_is_not_live():
+    assert rules.live_ids(1, {}, NOW, FT, among=[1, 2, 3]) == {1}
+
+
+def test_self_always_counts_as_live_even_if_not_listed():
+    assert rules.live_ids(7, {}, NOW, FT, among=[]) == {7}
+
+
+def test_only_nodes_among_the_given_ids_are_reported_live():
+    live = rules.live_ids(1, {2: NOW, 9: NOW}, NOW, FT, among=[1, 2])
+    assert live == {1, 2}
+
+
+# -- nominee -----------------------------------------------------------------------------
+
+def test_node_with_a_live_leader_names_the_leader():
+    assert rules.nominee(self_id=1, leader_id=3, leader_alive=True, live={1, 2, 3}) == 3
+
+
+def test_smallest_live_id_is_nominated_when_the_leader_is_dead():
+    assert rules.nominee(self_id=4, leader_id=1, leader_alive=False, live={2, 3, 4}) == 2
+
+
+def test_smallest_live_id_is_nominated_when_no_leader_is_known():
+    assert rules.nominee(self_id=5, leader_id=None, leader_alive=False, live={3, 5}) == 3
+
+
+def test_node_counts_itself_when_nominating():
+    assert rules.nominee(self_id=1, leader_id=None, leader_alive=False, live={2, 3}) == 1
+
+
+def test_a_leader_id_without_a_live_leader_is_not_named():
+    assert rules.nominee(self_id=2, leader_id=1, leader_alive=False, live={2, 3}) == 2
+
+
+# -- tally -------------------------------------------------------------------------------
+
+def test_unanimous_majority_chooses_the_named_node():
+    assert rules.tally([1, 2, 3], [answer(2, 2), answer(3, 2)]) == 2
+
+
+def test_unanimous_answers_from_every_member_choose_the_named_node():
+    assert rules.tally([1, 2, 3, 4, 5], [answer(n, 2) for n in (1, 2, 3, 4, 5)]) == 2
+
+
+def test_split_answers_choose_nobody():
+    assert rules.tally([1, 2, 3], [answer(1, 1), answer(2, 2), answer(3, 2)]) is None
+
+
+def test_answers_from_a_minority_choose_nobody():
+    assert rules.tally([1, 2, 3, 4, 5], [answer(4, 4), answer(5, 4)]) is None
+
+
+def test_single_answer_of_a_three_node_cluster_chooses_nobody():
+    assert rules.tally([1, 2, 3], [answer(3, 3)]) is None
+
+
+def test_nominee_outside_the_membership_is_not_chosen():
+    assert rules.tally([1, 2, 3], [answer(1, 9), answer(2, 9), answer(3, 9)]) is None
+
+
+def test_answers_from_non_members_do_not_count_toward_the_majority():
+    assert rules.tally([1, 2, 3], [answer(2, 2), answer(8, 2), answer(9, 2)]) is None
+
+
+def test_answers_from_non_members_do_not_split_a_unanimous_majority():
+    assert rules.tally([1, 2, 3], [answer(2, 2), answer(3, 2), answer(9, 9)]) == 2
+
+
+def test_no_answers_choose_nobody():
+    assert rules.tally([1, 2, 3], []) is None
+
+
+def test_sole_member_chooses_itself():
+    assert rules.tally([4], [answer(4, 4)]) == 4
+
+
+# -- most_up_to_date ------------------------------------------------------------------------
+
+def test_higher_last_term_beats_higher_seq():
+    older_but_longer = answer(2, 2, last_seq=100, last_term=1)
+    newer = answer(3, 2, last_seq=10, last_term=2)
+    assert rules.most_up_to_date([older_but_longer, newer]) == newer
+
+
+def test_higher_seq_wins_within_the_same_term():
+    short, long = answer(2, 2, last_seq=5, last_term=3), answer(3, 2, last_seq=9, last_term=3)
+    assert rules.most_up_to_date([long, short]) == long
+
+
+def test_single_answer_is_the_most_up_to_date():
+    only = answer(1, 1, last_seq=0, last_term=0)
+    assert rules.most_up_to_date([only]) == only
+
+
+# -- commit_seq ---------------------------------------------------------------------------
+
+def test_commit_of_three_members_is_the_seq_one_follower_has_reached():
+    assert rules.commit_seq(1, 10, {2: 7, 3: 3}, [1, 2, 3]) == 7
+
+
+def test_commit_of_three_members_waits_while_both_followers_lag():
+    assert rules.commit_seq(1, 10, {2: 0, 3: 0}, [1, 2, 3]) == 0
+
+
+def test_commit_of_three_members_with_one_dead_follower_follows_the_live_one():
+    assert rules.commit_seq(1, 10, {2: 10}, [1, 2, 3]) == 10
+
+
+def test_commit_of_five_members_is_the_third_highest_seq():
+    assert rules.commit_seq(1, 10, {2: 9, 3: 5, 4: 2, 5: 0}, [1, 2, 3, 4, 5]) == 5
+
+
+def test_commit_of_five_members_with_two_lagging_followers_ignores_them():
+    assert rules.commit_seq(1, 10, {2: 10, 3: 10, 4: 1, 5: 1}, [1, 2, 3, 4, 5]) == 10
+
+
+def test_commit_of_five_members_needs_two_followers():
+    assert rules.commit_seq(1, 10, {2: 8}, [1, 2, 3, 4, 5]) == 0
+
+
+def test_commit_of_a_single_member_is_the_leaders_seq():
+    assert rules.commit_seq(1, 42, {}, [1]) == 42
+
+
+def test_commit_ignores_acks_of_non_members():
+    # A learner's progress does not count toward the majority.
+    assert rules.commit_seq(1, 10, {2: 0, 3: 0, 9: 10}, [1, 2, 3]) == 0
+
+
+def test_lagging_leader_alone_never_commits_past_what_a_majority_has():
+    assert rules.commit_seq(1, 4, {2: 0, 3: 0}, [1, 2, 3]) == 0
+
+
+# -- reaches_majority -------------------------------------------------------------------------
+
+def test_leader_hearing_one_of_two_followers_reaches_a_majority():
+    assert rules.reaches_majority(1, [1, 2, 3], {2: NOW - 0.1}, NOW, FT)
+
+
+def test_leader_hearing_no_follower_does_not_reach_a_majority():
+    assert not rules.reaches_majority(1, [1, 2, 3], {2: NOW - 2, 3: NOW - 2}, NOW, FT)
+
+
+def test_sole_member_always_reaches_a_majority():
+    assert rules.reaches_majority(1, [1], {}, NOW, FT)
+
+
+def test_two_of_five_is_not_a_majority():
+    assert not rules.reaches_majority(1, [1, 2, 3, 4, 5], {2: NOW}, NOW, FT)
+
+
+def test_three_of_five_is_a_majority():
+    assert rules.reaches_majority(1, [1, 2, 3, 4, 5], {2: NOW, 3: NOW}, NOW, FT)
+
+
+def test_hearing_non_members_does_not_make_a_majority():
+    assert not rules.reaches_majority(1, [1, 2, 3], {8: NOW, 9: NOW}, NOW, FT)
+
+
+# -- silent_members -------------------------------------------------------------------------------
+
+def test_silent_member_is_removed_while_the_leader_reaches_a_majority():
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW - 5}, NOW, FT) == [3]
+
+
+def test_leader_isolated_from_majority_removes_nobody():
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW - 5, 3: NOW - 5}, NOW, FT) == []
+
+
+def test_leader_of_five_removes_two_silent_members_while_three_remain():
+    assert rules.silent_members(1, [1, 2, 3, 4, 5], {2: NOW, 3: NOW, 4: NOW - 9, 5: NOW - 9},
+                                NOW, FT) == [4, 5]
+
+
+def test_leader_of_five_hearing_only_one_follower_removes_nobody():
+    assert rules.silent_members(1, [1, 2, 3, 4, 5], {2: NOW}, NOW, FT) == []
+
+
+def test_no_member_is_removed_when_everyone_is_heard():
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW}, NOW, FT) == []
+
+
+def test_leader_never_removes_itself():
+    assert 1 not in rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW - 5}, NOW, FT)
+
+
+# -- learner_caught_up --------------------------------------------------------------------------
+
+def test_learner_within_the_slack_is_caught_up():
+    assert rules.learner_caught_up(learner_seq=900, leader_seq=1000, slack=100)
+
+
+def test_learner_beyond_the_slack_is_not_caught_up():
+    assert not rules.learner_caught_up(learner_seq=899, leader_seq=1000, slack=100)
+
+
+def test_learner_level_with_the_leader_is_caught_up():
+    assert rules.learner_caught_up(learner_seq=1000, leader_seq=1000, slack=0)
+
+
+# -- ClusterState: leader_alive ---------------------------------------------------------------
+
+def test_leader_always_considers_its_leader_alive():
+    node = ClusterState(self_id=1, role=LEADER, leader_id=1)
+    assert node.leader_alive(NOW, FT)
+
+
+def test_follower_heard_from_its_leader_recently_considers_it_alive():
+    node = ClusterState(self_id=2, role=FOLLOWER, leader_id=1, last_leader_contact=NOW - 0.5)
+    assert node.leader_alive(NOW, FT)
+
+
+def test_follower_forgets_leader_after_failure_timeout():
+    node = ClusterState(self_id=2, role=FOLLOWER, leader_id=1, last_leader_contact=NOW - FT)
+    assert not node.leader_alive(NOW, FT)
+
+
+def test_node_without_a_leader_has_no_live_leader():
+    node = ClusterState(self_id=2, role=CANDIDATE, leader_id=None, last_leader_contact=NOW)
+    assert not node.leader_alive(NOW, FT)
+
+
+# -- ClusterState: adopt_term ---------------------------------------------------------------------
+
+def test_stale_term_is_refused_and_changes_nothing():
+    node = ClusterState(self_id=2, term=5, leader_id=1, last_leader_contact=NOW - 0.5)
+    assert not node.adopt_term(4, 3, NOW)
+    assert (node.term, node.leader_id, node.role, node.last_leader_contact) == (5, 1, FOLLOWER, NOW - 0.5)
+
+
+def test_second_leader_claiming_the_current_term_is_refused():
+    node = ClusterState(self_id=3, term=5, leader_id=1)
+    assert not node.adopt_term(5, 2, NOW)
+    assert (node.term, node.leader_id) == (5, 1)
+
+
+def test_same_leader_at_the_same_term_is_accepted_and_refreshes_contact():
+    node = ClusterState(self_id=3, term=5, leader_id=1, last_leader_contact=NOW - 0.9)
+    assert node.adopt_term(5, 1, NOW)
+    assert node.last_leader_contact == NOW and node.leader_alive(NOW + 0.5, FT)
+
+
+def test_node_without_a_leader_accepts_a_leader_of_its_current_term():
+    node = ClusterState(self_id=3, role=CANDIDATE, term=5, leader_id=None)
+    assert node.adopt_term(5, 2, NOW)
+    assert (node.term, node.leader_id, node.role) == (5, 2, FOLLOWER)
+
+
+def test_higher_term_is_adopted_with_its_leader():
+    node = ClusterState(self_id=3, term=5, leader_id=1)
+    assert node.adopt_term(7, 2, NOW)
+    assert (node.term, node.leader_id, node.role, node.last_leader_contact) == (7, 2, FOLLOWER, NOW)
+
+
+def test_leader_that_adopts_a_higher_term_of_another_node_becomes_a_follower():
+    node = ClusterState(self_id=1, role=LEADER, term=3, leader_id=1)
+    assert node.adopt_term(4, 2, NOW)
+    assert (node.role, node.leader_id, node.term) == (FOLLOWER, 2, 4)
+
+
+def test_node_named_leader_of_a_higher_term_becomes_leader():
+    node = ClusterState(self_id=2, role=CANDIDATE, term=3, leader_id=None)
+    assert node.adopt_term(4, 2, NOW)
+    assert node.role == LEADER
+
+
+def test_learner_stays_a_learner_when_it_adopts_a_term():
+    node = ClusterState(self_id=4, role=LEARNER, term=0, leader_id=None)
+    assert node.adopt_term(3, 1, NOW)
+    assert (node.role, node.term, node.leader_id) == (LEARNER, 3, 1)
+
+
+def test_adopting_a_leader_forgets_nodes_suspected_in_the_election():
+    node = ClusterState(self_id=3, role=CANDIDATE, term=2, suspected={1})
+    assert node.adopt_term(3, 2, NOW)
+    assert node.suspected == set()
+
+
+def test_refused_term_keeps_suspected_nodes():
+    node = ClusterState(self_id=3, role=CANDIDATE, term=4, suspected={1})
+    assert not node.adopt_term(3, 2, NOW)
+    assert node.suspected == {1}
+
+
+# -- ClusterState: vote_answer ----------------------------------------------------------------------
+
+def test_vote_answer_names_the_live_leader():
+    node = ClusterState(self_id=3, term=4, leader_id=2, members=members_of(1, 2, 3),
+                        last_seen={1: NOW, 2: NOW}, last_leader_contact=NOW - 0.1, last_term=4)
+    got = node.vote_answer(candidate_id=1, now=NOW, failure_timeout=FT, last_seq=17)
+    assert got == VoteAnswer(node_id=3, nominee=2, term=4, last_seq=17, last_term=4)
+
+
+def test_vote_answer_names_the_smallest_live_member_after_the_leader_died():
+    node = ClusterState(self_id=4, term=4, leader_id=1, members=members_of(1, 2, 3, 4),
+                        last_seen={1: NOW - 5, 2: NOW - 5, 3: NOW - 0.2}, last_leader_contact=NOW - 5)
+    assert node.vote_answer(candidate_id=3, now=NOW, failure_timeout=FT, last_seq=0).nominee == 3
+
+
+def test_vote_answer_counts_the_asking_candidate_as_live():
+    node = ClusterState(self_id=3, term=4, leader_id=1, members=members_of(1, 2, 3),
+                        last_seen={1: NOW - 5, 2: NOW - 5}, last_leader_contact=NOW - 5)
+    assert node.vote_answer(candidate_id=2, now=NOW, failure_timeout=FT, last_seq=0).nominee == 2
+    assert node.last_seen[2] == NOW
+
+
+def test_vote_answer_skips_suspected_nodes():
+    node = ClusterState(self_id=3, term=4, leader_id=None, members=members_of(1, 2, 3),
+                        last_seen={1: NOW, 2: NOW}, suspected={1})
+    assert node.vote_answer(candidate_id=2, now=NOW, failure_timeout=FT, last_seq=0).nominee == 2
+
+
+def test_vote_answer_ignores_live_nodes_outside_the_membership():
+    node = ClusterState(self_id=3, term=4, leader_id=None, members=members_of(2, 3),
+                        last_seen={1: NOW, 2: NOW})
+    assert node.vote_answer(candidate_id=2, now=NOW, failure_timeout=FT, last_seq=0).nominee == 2
+
+
+def test_vote_answer_reports_this_nodes_log_position():
+    node = ClusterState(self_id=2, term=9, leader_id=None, members=members_of(1, 2), last_term=8)
+    got = node.vote_answer(candidate_id=1, now=NOW, failure_timeout=FT, last_seq=123)
+    assert (got.node_id, got.term, got.last_seq, got.last_term) == (2, 9, 123, 8)
+
+
+# -- an election played out with the rules alone ---------------------------------------------------
+
+def test_three_survivors_of_a_dead_leader_agree_on_the_smallest_id():
+    members = members_of(1, 2, 3, 4)
+    now = NOW
+    nodes = {n: ClusterState(self_id=n, term=2, leader_id=1, members=dict(members),
+                             last_seen={m: now - 0.1 for m in (2, 3, 4) if m != n} | {1: now - 5},
+                             last_leader_contact=now - 5) for n in (2, 3, 4)}
+    answers = [nodes[n].vote_answer(candidate_id=4, now=now, failure_timeout=FT, last_seq=10) for n in (2, 3, 4)]
+    assert rules.tally(members, answers) == 2
+
+
+def test_node_that_lost_only_its_own_link_cannot_move_leadership():
+    # Node 3 stopped hearing leader 1, but nodes 2 and 4 still do: they name 1, so no unanimity.
+    members = members_of(1, 2, 3, 4)
+    healthy = [ClusterState(self_id=n, term=2, leader_id=1, members=dict(members),
+                            last_seen={1: NOW, 2: NOW, 3: NOW, 4: NOW}, last_leader_contact=NOW - 0.1)
+               for n in (2, 4)]
+    cut_off = ClusterState(self_id=3, term=2, leader_id=1, members=dict(members),
+                           last_seen={1: NOW - 5, 2: NOW, 4: NOW}, last_leader_contact=NOW - 5)
+    answers = [cut_off.vote_answer(3, NOW, FT, 10)] + [n.vote_answer(3, NOW, FT, 10) for n in healthy]
+    assert [a.nominee for a in answers] == [2, 1, 1]
+    assert rules.tally(members, answers) is None
