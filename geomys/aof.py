@@ -376,8 +376,11 @@ class AppendOnlyFile:
             if self.mode == WRITETHROUGH:
                 self._work.notify()
 
-    def wait(self, seq: int) -> None:
+    def wait(self, seq: int, write_seq: int = 0) -> None:
         """Return once record `seq` may be revealed to a client (call without the store lock).
+
+        A write and a read wait alike here (`write_seq` <= `seq`): both must not
+        show what a crash could take back.
 
         writethrough: once it is written and fsync'd. buffered: at once, except
         during shutdown, when a record too late for the final flush must not be

@@ -38,8 +38,13 @@ class RecordSink(Protocol):
     def append(self, seq: int, record: tuple) -> None:
         """Take record number `seq`. Caller holds store.lock, so calls arrive in order."""
 
-    def wait(self, seq: int) -> None:
-        """Block until record `seq` is safe to reveal; raise GeomysError if it never will be."""
+    def wait(self, seq: int, write_seq: int = 0) -> None:
+        """Block until record `seq` is safe to reveal; raise GeomysError if it never will be.
+
+        `write_seq` is the newest record the connection's own writes produced
+        (0 if none): a sink may treat confirming a write more strictly than
+        showing data, as a cluster follower does.
+        """
 
 
 class ClientGone(Exception):
@@ -49,7 +54,7 @@ class ClientGone(Exception):
 class Context:
     """Per-connection state the engine reads and updates."""
 
-    __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "commands", "before_block",
+    __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "write_seq", "commands", "before_block",
                  "is_connected", "address", "forwarded")
 
     def __init__(self, engine: "Engine", address: str = "",
@@ -59,6 +64,7 @@ class Context:
         self.authenticated = not engine.requirepass
         self.now_ms = 0
         self.wait_seq = 0          # newest record this connection's replies may reveal
+        self.write_seq = 0         # newest record its own writes produced
         self.commands = 0
         self.before_block = before_block
         self.is_connected = is_connected
@@ -143,6 +149,8 @@ class Engine:
                     finally:
                         if store.effects:
                             self._publish()
+                            if spec.is_write:
+                                ctx.write_seq = self.seq
                         ctx.wait_seq = self.seq
             return self._forward(request, ctx)
         except GeomysError as exc:
@@ -204,6 +212,7 @@ class Engine:
                     store.remove_waiter(key, waiter)
                     if store.effects:
                         self._publish()
+                        ctx.write_seq = self.seq
                     ctx.wait_seq = self.seq
         if deadline is not None:
             remaining = deadline - clock.monotonic()
@@ -261,7 +270,7 @@ class Engine:
         snapshot install may have moved back.
         """
         for sink in reversed(self._sinks):
-            sink.wait(ctx.wait_seq)
+            sink.wait(ctx.wait_seq, ctx.write_seq)
 
     # -- services for server commands -------------------------------------------
 

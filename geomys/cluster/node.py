@@ -87,6 +87,8 @@ class ClusterNode:
                       "syncs_full_received": 0, "syncs_incremental_received": 0, "elections": 0}
         self._stopping = threading.Event()
         self._becoming_leader = False
+        self._rejoining = False
+        self._leaving = False
         self._ticking = False
         self._next_heartbeat = 0.0
         self._members_changed = threading.Event()
@@ -181,6 +183,7 @@ class ClusterNode:
 
     def stop(self) -> None:
         """Leave the cluster (a follower asks the leader to remove it) and stop every thread."""
+        self._leaving = True  # from now on, not being a member is expected: never rejoin
         if self.state.role in (FOLLOWER, LEARNER) and self.state.leader_id in self.state.members:
             try:
                 self.peers.call(self.state.members[self.state.leader_id].grpc_address, "Leave",
@@ -253,15 +256,23 @@ class ClusterNode:
                 self.safe_seq = seq
             self._progress.notify_all()
 
-    def wait(self, seq: int) -> None:
-        """Block until entry `seq` is applied by a majority; NO_LEADER if leadership is lost first."""
+    def wait(self, seq: int, write_seq: int = 0) -> None:
+        """Block until entry `seq` is applied by a majority, as long as this node leads.
+
+        A write of this connection that leadership was lost before confirming
+        is NO_LEADER (its outcome is unknown). A node that does not lead shows
+        reads from what it has, like any follower, so a node cut off from the
+        majority keeps serving reads.
+        """
         if self.safe_seq >= seq:
             return
         with self._progress:
             while self.safe_seq < seq:
                 if self.state.role != LEADER:
-                    raise NoLeader("leadership was lost before this write reached a majority; "
-                                   "its outcome is unknown")
+                    if self.safe_seq < write_seq:
+                        raise NoLeader("leadership was lost before this write reached a majority; "
+                                       "its outcome is unknown")
+                    return
                 self._progress.wait(0.5)
 
     def _set_members(self, members: dict[int, NodeAddress]) -> None:
@@ -477,7 +488,8 @@ class ClusterNode:
             if not self._becoming_leader:
                 self._becoming_leader = True
                 self._spawn("take-over", self._take_over, max(req.term, state.term))
-        return pb.CanYouLeadReply(granted=True, term=state.term, leader_id=self.me.node_id)
+        # leader_id stays 0: this node is about to take over and will announce itself.
+        return pb.CanYouLeadReply(granted=True, term=state.term)
 
     def on_new_leader(self, req: pb.NewLeaderRequest) -> pb.NewLeaderReply:
         """Accept a new leader of a higher term (at most one per term) and report this log's end."""
@@ -740,6 +752,24 @@ class ClusterNode:
                 members = {n.node_id: NodeAddress(n.node_id, n.client_address, n.grpc_address) for n in reply.nodes}
                 if reply.nodes_hash != rules.membership_hash(self.state.members) and members:
                     self._set_members(members)
+                if self.me.node_id not in members and self.state.role != LEARNER \
+                        and not self._leaving and not self._rejoining:
+                    # Removed while away (paused, cut off): come back the way a new node does.
+                    self._rejoining = True
+                    self._spawn("rejoin", self._rejoin, address)
+
+    def _rejoin(self, address: str) -> None:
+        """Register again as a learner; the leader then catches this node up and makes it a member."""
+        try:
+            self.register(address, self.now() + self.config.join_timeout)
+            logger.warning("node %d was no longer a member; rejoined the cluster as a learner", self.me.node_id)
+        except JoinError as exc:
+            logger.warning("node %d could not rejoin the cluster: %s", self.me.node_id, exc)
+            with self.store.lock:
+                if self.state.role == LEARNER:
+                    self.state.role = FOLLOWER  # so the next heartbeat tries again
+        finally:
+            self._rejoining = False
 
     def _leader_upkeep(self, now: float) -> None:
         """Step down without a majority; remove silent members; promote caught-up learners."""
@@ -782,7 +812,8 @@ class ClusterNode:
                 own = state.vote_answer(self.me.node_id, self.now(), self.failure_timeout, self.engine.seq)
         self.stats["elections"] += 1
         replies = self._ask_all(members, "RequestVote", pb.VoteRequest(candidate_id=self.me.node_id, term=own.term))
-        answers = [own] + [VoteAnswer(n, r.nominee, r.term, r.last_seq, r.last_term) for n, r in replies]
+        others = [VoteAnswer(n, r.nominee, r.term, r.last_seq, r.last_term) for n, r in replies]
+        answers = [rules.defer_to_others(own, others)] + others
         with self._lock:
             for answer in answers:
                 self.state.last_seen[answer.node_id] = self.now()
@@ -799,6 +830,12 @@ class ClusterNode:
             granted = reply.granted
         except PeerUnavailable:
             granted = False
+        if granted and reply.leader_id == chosen:
+            # It already leads (this node was away while it was elected): follow it.
+            with self.store.lock:
+                if self.state.adopt_term(reply.term, chosen, self.now()):
+                    logger.info("node %d now follows node %d at term %d", self.me.node_id, chosen, reply.term)
+            return
         if not granted:
             with self._lock:
                 self.state.suspected.add(chosen)

@@ -8,7 +8,7 @@ own lock.
 """
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 STANDALONE, LEADER, FOLLOWER, CANDIDATE, LEARNER = "standalone", "leader", "follower", "candidate", "learner"
@@ -86,6 +86,20 @@ def tally(members: Iterable[int], answers: Iterable[VoteAnswer]) -> Optional[int
         return None
     chosen = names.pop()
     return chosen if chosen in members else None
+
+
+def defer_to_others(own: VoteAnswer, others: Iterable[VoteAnswer]) -> VoteAnswer:
+    """A candidate's own answer, yielding to the other nodes when they all name one node.
+
+    A node that was away (paused, cut off) still names the smallest id it
+    remembers, often itself, while the others name the leader they elected
+    meanwhile; their unanimous answer wins, so the round can conclude (and the
+    node then finds that leader). When the others disagree, its own view stands.
+    """
+    names = {a.nominee for a in others}
+    if len(names) == 1:
+        return replace(own, nominee=names.pop())
+    return own
 
 
 def most_up_to_date(answers: Iterable[VoteAnswer]) -> VoteAnswer:

@@ -162,17 +162,8 @@ def test_node_with_a_smaller_id_that_joins_later_follows(make_cluster):
 
 # -- a lost majority -----------------------------------------------------------------------------
 
-MINORITY_LEADER_READ_BUG = (
-    "BUG (geomys/cluster/node.py ClusterNode.wait): the probing SET reaches the isolated leader while it "
-    "still leads, is applied to its store (engine.seq advances) and then fails NO_LEADER when it steps "
-    "down; from then on every reply on that node waits in settle() for wait_seq = engine.seq, which can "
-    "never become safe, so even GET of an old key answers NO_LEADER ('leadership was lost before this "
-    "write reached a majority') forever: the survivor no longer serves reads (SPEC §5)")
 
-
-@pytest.mark.parametrize("survivor_role", [
-    pytest.param("leader", marks=pytest.mark.xfail(strict=True, reason=MINORITY_LEADER_READ_BUG)),
-    "follower"])
+@pytest.mark.parametrize("survivor_role", ["leader", "follower"])
 def test_survivor_of_two_killed_nodes_refuses_writes_and_serves_reads(cluster, survivor_role):
     leader = cluster.wait_leader()
     cluster.write(leader, "SET", key="before", value="kept")

@@ -90,16 +90,8 @@ def test_killed_leader_is_replaced_by_the_smallest_survivor_without_losing_ackno
 
 # -- SIGSTOP / SIGCONT the leader ---------------------------------------------------------------
 
-PAUSED_LEADER_REMOVED_BUG = (
-    "BUG (geomys/cluster/node.py): a leader paused longer than failure_timeout is removed from the "
-    "membership by the new leader (silent_members) before it is resumed. Once resumed it adopts the new "
-    "term and leader (from a queued AppendEntries / its heartbeats), so INFO says role=follower, "
-    "leader_id=<new leader>, but it is no longer a member: no sender replicates to it and nothing makes "
-    "it rejoin, so it stays at its old replication_offset for good, serving stale reads, with a "
-    "membership list that lacks itself.")
 
 
-@pytest.mark.xfail(strict=True, reason=PAUSED_LEADER_REMOVED_BUG)
 def test_paused_leader_steps_down_when_resumed_and_all_three_converge(make_cluster):
     cluster = make_cluster(3)
     leader = cluster.wait_leader()

@@ -443,3 +443,17 @@ def test_node_that_lost_only_its_own_link_cannot_move_leadership():
     answers = [cut_off.vote_answer(3, NOW, FT, 10)] + [n.vote_answer(3, NOW, FT, 10) for n in healthy]
     assert [a.nominee for a in answers] == [2, 1, 1]
     assert rules.tally(members, answers) is None
+
+
+def test_candidate_defers_to_a_unanimous_answer_of_the_others():
+    own = rules.VoteAnswer(1, 1, 1, 600, 1)
+    others = [rules.VoteAnswer(2, 2, 3, 900, 3), rules.VoteAnswer(3, 2, 3, 900, 3)]
+    assert rules.defer_to_others(own, others).nominee == 2
+    assert rules.tally([1, 2, 3], [rules.defer_to_others(own, others)] + others) == 2
+
+
+def test_candidate_keeps_its_own_answer_when_the_others_disagree_or_are_silent():
+    own = rules.VoteAnswer(1, 1, 1, 600, 1)
+    split = [rules.VoteAnswer(2, 2, 3, 900, 3), rules.VoteAnswer(3, 3, 3, 900, 3)]
+    assert rules.defer_to_others(own, split) == own
+    assert rules.defer_to_others(own, []) == own

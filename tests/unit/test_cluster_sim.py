@@ -189,8 +189,10 @@ def test_paused_leader_steps_down_on_a_higher_term_and_resyncs():
     net.rejoin(1)
     net.nodes[1].replicate_once(2)                   # the old leader learns of term 2
     assert net.nodes[1].state.role != LEADER
+    stale_seq = net.nodes[1].engine.seq
     with pytest.raises(NoLeader):
-        net.nodes[1].wait(net.nodes[1].engine.seq)   # its unreplicated write is never confirmed
+        net.nodes[1].wait(stale_seq, write_seq=stale_seq)   # its unreplicated write is never confirmed
+    net.nodes[1].wait(stale_seq)                     # ... but reads there are served, as on any follower
     net.pump()
     net.run_tasks()
     net.pump()
@@ -279,3 +281,50 @@ def test_terms_only_increase_across_elections():
     assert terms == [1, 2, 3]
     assert net.leaders() == [3]
     assert sorted(net.nodes[3].state.members) == [3, 4]
+
+
+def test_a_second_take_over_never_demotes_a_serving_leader():
+    net = three_node_cluster()
+    net.down.add(1)
+    fail_over(net, 1)
+    leader = net.nodes[2]
+    term = leader.state.term
+    leader._take_over(term)      # e.g. a late CanYouLead arriving after the election was won
+    assert net.leaders() == [2] and leader.state.term == term
+    net.write(2, "SET", key="still", value="leading")
+    net.pump()
+    assert leader.safe_seq == leader.engine.seq and net.read(3, "still") == "leading"
+
+
+def test_leader_that_lost_its_majority_still_serves_reads():
+    net = three_node_cluster()
+    net.write(1, "SET", key="old", value="1")
+    net.pump()
+    net.isolate(1)
+    net.write(1, "SET", key="unconfirmed", value="1")
+    net.advance(FAILURE_TIMEOUT + HEARTBEAT)
+    net.nodes[1].tick()
+    assert net.nodes[1].state.role != LEADER
+    assert net.read(1, "old") == "1"
+    net.nodes[1].wait(net.nodes[1].engine.seq)       # a read's wait returns at once
+    assert net.write(1, "SET", key="new", value="1")["code"] == "NO_LEADER"
+
+
+def test_node_removed_while_paused_rejoins_and_converges():
+    net = three_node_cluster()
+    net.write(1, "SET", key="a", value="1")
+    net.pump()
+    net.isolate(1)                                   # as if SIGSTOPped
+    net.write(1, "SET", key="unconfirmed", value="x")
+    fail_over(net, 1)
+    net.run_for(2 * FAILURE_TIMEOUT)                 # node 2 removes the silent node 1
+    assert sorted(net.nodes[2].state.members) == [2, 3]
+    net.write(2, "SET", key="b", value="2")
+    net.rejoin(1)                                    # SIGCONT
+    net.run_for(4 * FAILURE_TIMEOUT, until=lambda: 1 in net.nodes[2].state.members
+                and net.nodes[1].engine.seq == net.nodes[2].engine.seq)
+    assert sorted(net.nodes[2].state.members) == [1, 2, 3]
+    assert net.nodes[1].state.role == FOLLOWER and net.nodes[1].state.leader_id == 2
+    assert net.read(1, "b") == "2" and net.read(1, "a") == "1"
+    assert net.read(1, "unconfirmed") is None
+    assert net.nodes[1].engine.digest() == net.nodes[2].engine.digest()
