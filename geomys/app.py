@@ -14,7 +14,7 @@ from . import __version__, config as config_mod, records
 from .aof import AofError, AppendOnlyFile, repair
 from .clock import SystemClock
 from .cluster.node import ClusterNode, JoinError
-from .cluster.service import start_grpc_server
+from .cluster.service import PortUnavailable, start_grpc_server
 from .config import Config
 from .engine import Engine
 from .net import GeomysServer
@@ -67,7 +67,8 @@ class GeomysNode:
     def start(self) -> None:
         """Open and replay the AOF, join or found a cluster, bind the port, start serving.
 
-        Raises OSError (a port), AofError (the file) or JoinError (the cluster).
+        Raises OSError (the client port), PortUnavailable (the cluster port),
+        AofError (the file) or JoinError (the cluster).
         """
         config = self.config
         if config.persistence != "none":
@@ -79,7 +80,8 @@ class GeomysNode:
         if config.mode != "standalone":
             self._start_cluster()
         self._spawn("sweeper", self._sweep_loop)
-        self._spawn("acceptor", self.server.serve_forever)
+        # A short poll interval lets shutdown() return quickly on SIGTERM.
+        self._spawn("acceptor", lambda: self.server.serve_forever(poll_interval=0.1))
         logger.info("Geomys %s started: node %d serving clients on %s:%d (persistence=%s)",
                     __version__, config.node_id, config.host, config.port, config.persistence)
 
@@ -177,10 +179,10 @@ def main(argv=None) -> None:
         node.start()
     except OSError as exc:
         _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
-    except (AofError, JoinError) as exc:
+    except (AofError, JoinError, PortUnavailable) as exc:
         _fail(str(exc))
-    while not stop_requested.wait(1.0):
-        pass
+    while not stop_requested.is_set():
+        signal.pause()  # returns as soon as a signal has been handled
     logger.info("stop requested; shutting down")
     node.stop()
     sys.exit(0)

@@ -37,6 +37,7 @@ APPEND_BATCH_BYTES = 4 << 20     # ...and about this many bytes
 SYNC_CHUNK_BYTES = 1 << 20       # snapshot chunk size on the Sync stream
 LEARNER_SLACK = 100              # a learner this close to the leader's log becomes a member
 FORWARD_BLOCK_CHUNK = 2.0        # a forwarded blocking pop waits on the leader at most this long per call
+JOIN_ATTEMPTS = 3                # calls to the join address before concluding nobody is there
 
 
 # What a sender does after one AppendEntries (replicate_once's answer).
@@ -99,6 +100,9 @@ class ClusterNode:
         self._peer_log: dict[int, Optional[tuple[int, int]]] = {}  # peer id -> (seq, term) its log ends at
         self.failure_timeout = config.failure_timeout
         self.heartbeat_interval = config.heartbeat_interval
+        # Election calls must not wait on a paused node longer than the others
+        # wait for the new leader's first append.
+        self.election_timeout = min(config.rpc_timeout, config.failure_timeout / 3)
 
     # -- start-up ---------------------------------------------------------------
 
@@ -132,13 +136,17 @@ class ClusterNode:
             self.state.role = LEARNER
             self.engine.forwarder = self.forward
             self.store.owns_expiry = False
+        failures = 0
         while True:
             request = pb.JoinRequest(node=self._node_pb(self.me),
                                      id_assigned_by_leader=not self.config.node_id_explicit)
             try:
                 reply = self.peers.call(address, "Join", request)
             except PeerUnavailable as exc:
-                raise JoinError("no Geomys cluster answers at %s (%s)" % (address, exc)) from None
+                failures += 1
+                if failures >= JOIN_ATTEMPTS or self._stopping.wait(0.5):
+                    raise JoinError("no Geomys cluster answers at %s (%s)" % (address, exc)) from None
+                continue  # a busy or just-started peer may miss one call
             if reply.status == pb.JoinReply.ACCEPTED:
                 break
             if reply.status == pb.JoinReply.REFUSED:
@@ -826,7 +834,8 @@ class ClusterNode:
             return
         try:
             reply = self.peers.call(members[chosen].grpc_address, "CanYouLead",
-                                    pb.CanYouLeadRequest(candidate_id=self.me.node_id, term=top_term))
+                                    pb.CanYouLeadRequest(candidate_id=self.me.node_id, term=top_term),
+                                    self.election_timeout)
             granted = reply.granted
         except PeerUnavailable:
             granted = False
@@ -843,7 +852,7 @@ class ClusterNode:
 
     def _ask_all(self, members: dict, method: str, request) -> list[tuple[int, object]]:
         """Call `method` on every other member in parallel; return (node id, answer) for those that answered."""
-        futures = [(n, self._pool.submit(self.peers.call, a.grpc_address, method, request))
+        futures = [(n, self._pool.submit(self.peers.call, a.grpc_address, method, request, self.election_timeout))
                    for n, a in members.items() if n != self.me.node_id]
         answers = []
         for node_id, future in futures:

@@ -38,7 +38,9 @@ class Backlog:
         self.base_seq, self.base_term = seq, term
 
     def append(self, seq: int, term: int, payload: bytes) -> None:
-        """Keep entry `seq`; the oldest entries go when either bound is passed."""
+        """Keep entry `seq` (the one after the newest); the oldest entries go when either bound is passed."""
+        if seq != self.last[0] + 1:
+            raise ValueError("backlog entry %d does not follow entry %d" % (seq, self.last[0]))
         self._entries.append((seq, term, payload))
         self._bytes += len(payload)
         while len(self._entries) > self.max_entries or (self._bytes > self.max_bytes and len(self._entries) > 1):

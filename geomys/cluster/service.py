@@ -4,6 +4,7 @@ Runs on the grpc.server thread pool. Sizing leaves headroom for heartbeats and
 elections beside forwarded blocking pops (which ClusterNode also bounds).
 """
 
+import socket
 from concurrent import futures
 
 import grpc
@@ -49,8 +50,27 @@ class ClusterService(pb_grpc.ClusterServicer):
         return self.node.on_leave(request)
 
 
+class PortUnavailable(Exception):
+    """The cluster port cannot be bound; the message says which and why."""
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind the port once with a plain socket, so a busy port is one clear error.
+
+    gRPC's own bind failure is logged by its C core on stderr before Python
+    sees it, which would make the start-up error two lines.
+    """
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise PortUnavailable("cannot bind the cluster port %s:%d: %s" % (host, port, exc.strerror or exc)) from None
+
+
 def start_grpc_server(node: ClusterNode, host: str, port: int, secret, max_message_bytes: int) -> grpc.Server:
-    """Bind and start the cluster's gRPC server; raise OSError if the port cannot be bound."""
+    """Bind and start the cluster's gRPC server; raise PortUnavailable if the port cannot be bound."""
+    _check_port_free(host, port)
     interceptors = [SecretInterceptor(secret)] if secret else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                          interceptors=interceptors, options=channel_options(max_message_bytes)
@@ -59,8 +79,8 @@ def start_grpc_server(node: ClusterNode, host: str, port: int, secret, max_messa
     try:
         bound = server.add_insecure_port("%s:%d" % (host, port))
     except RuntimeError as exc:
-        raise OSError("cannot bind the cluster port %s:%d: %s" % (host, port, exc)) from None
+        raise PortUnavailable("cannot bind the cluster port %s:%d: %s" % (host, port, exc)) from None
     if bound == 0:
-        raise OSError("cannot bind the cluster port %s:%d" % (host, port))
+        raise PortUnavailable("cannot bind the cluster port %s:%d" % (host, port))
     server.start()
     return server

@@ -91,7 +91,6 @@ def test_killed_leader_is_replaced_by_the_smallest_survivor_without_losing_ackno
 # -- SIGSTOP / SIGCONT the leader ---------------------------------------------------------------
 
 
-
 def test_paused_leader_steps_down_when_resumed_and_all_three_converge(make_cluster):
     cluster = make_cluster(3)
     leader = cluster.wait_leader()

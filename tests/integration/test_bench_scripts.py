@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end on tiny inputs and report figures that parse.
+
+Functional checks only: no assertion here is about speed.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def run_script(name: str, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
+    """Run scripts/NAME with this interpreter (its geomys console scripts sit beside it)."""
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(tmp_path):
+    output = tmp_path / "performance.md"
+    output.write_text("# Title\n\nprose before\n\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\n\n"
+                      "prose after\n")
+    run = run_script("bench.py", "--quick", "--servers", "standalone,baseline", "--tests", "set",
+                     "--requests", "500", "--max-seconds", "10", "--output", str(output))
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert text.startswith("# Title\n\nprose before\n") and text.endswith("prose after\n")
+    assert "old table" not in text
+    assert text.count("<!-- bench:begin -->") == 1 and text.count("<!-- bench:end -->") == 1
+    rows = re.findall(r"^\| Geomys standalone, persistence none \| ([\d,]+)\*?!? \(([\d.]+)\) \|", text, re.M)
+    assert len(rows) == 4  # 1 and 50 clients, pipeline 1 and 16
+    for rps, ratio in rows:
+        assert int(rps.replace(",", "")) > 0 and float(ratio) > 0
+    goal = re.search(r"^\| standalone SET vs baseline, 50 clients, -P 1 \| ([\d.]+) \| ≥ 0\.90 \| (yes|\*\*no\*\*) \|",
+                     text, re.M)
+    assert goal and float(goal.group(1)) > 0
+    assert "Geomys standalone" in run.stdout  # the tables are printed too
+
+
+def test_failover_time_reports_a_positive_time_with_test_timings(tmp_path):
+    output = tmp_path / "performance.md"
+    run = run_script("failover_time.py", "--timings", "0.2/1.0", "--trials", "1", "--output", str(output))
+    assert run.returncode == 0, run.stderr
+    row = re.search(r"^\| 0\.2 / 1 s \| 1 \| ([\d.]+) s", run.stdout, re.M)
+    assert row and float(row.group(1)) > 0
+    assert "<!-- failover_time:begin -->" in output.read_text()
+
+
+def test_memory_bench_reports_positive_figures_for_a_few_keys():
+    run = run_script("memory_bench.py", "--keys", "2000")
+    assert run.returncode == 0, run.stderr
+    per_key = re.search(r"^\| Geomys standalone \| [\d.]+ MiB \| [\d.]+ MiB \| (-?\d+) \|", run.stdout, re.M)
+    assert per_key and int(per_key.group(1)) > 0
+    replay = re.search(r"replaying 2,000 records .*\| ([\d.]+) \|$", run.stdout, re.M)
+    assert replay and float(replay.group(1)) > 0
+    join = re.search(r"join sync of 2,000 keys.*\| ([\d.]+) \|$", run.stdout, re.M)
+    assert join and float(join.group(1)) > 0
