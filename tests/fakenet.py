@@ -63,6 +63,7 @@ class FakeNetwork:
         self.nodes: dict[int, ClusterNode] = {}
         self.cut_links: set[frozenset] = set()
         self.down: set[int] = set()
+        self.isolated: set[int] = set()
         self.dropped: set[str] = set()
         self.tasks: list[tuple[str, Callable, tuple]] = []
 
@@ -92,20 +93,19 @@ class FakeNetwork:
         self.cut_links.discard(frozenset((a, b)))
 
     def isolate(self, node_id: int) -> None:
-        for other in self.nodes:
-            if other != node_id:
-                self.cut(node_id, other)
+        """Cut every link of `node_id`, including to nodes added later."""
+        self.isolated.add(node_id)
 
     def rejoin(self, node_id: int) -> None:
-        for other in self.nodes:
-            self.heal(node_id, other)
+        self.isolated.discard(node_id)
 
     def reach(self, caller: int, address: str, method: str) -> ClusterNode:
         """The node at `address`, if a message from `caller` gets there."""
         target = next((n for n in self.nodes.values() if n.me.grpc_address == address), None)
         if target is None or target.me.node_id in self.down or caller in self.down:
             raise PeerUnavailable("%s unreachable" % address)
-        if frozenset((caller, target.me.node_id)) in self.cut_links or method in self.dropped:
+        if frozenset((caller, target.me.node_id)) in self.cut_links or method in self.dropped \
+                or {caller, target.me.node_id} & self.isolated:
             raise PeerUnavailable("link %d-%d cut" % (caller, target.me.node_id))
         return target
 

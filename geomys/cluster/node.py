@@ -479,8 +479,10 @@ class ClusterNode:
             with self._lock:
                 answer = self.state.vote_answer(req.candidate_id, self.now(), self.failure_timeout,
                                                 self.engine.seq)
+            nominee = self.state.members.get(answer.nominee) or self.learners.get(answer.nominee)
         return pb.VoteReply(node_id=answer.node_id, nominee=answer.nominee, term=answer.term,
-                            last_seq=answer.last_seq, last_term=answer.last_term)
+                            last_seq=answer.last_seq, last_term=answer.last_term,
+                            nominee_node=self._node_pb(nominee) if nominee else None)
 
     def on_can_you_lead(self, req: pb.CanYouLeadRequest) -> pb.CanYouLeadReply:
         """Agree to lead if this node sees no live leader, and start taking over."""
@@ -681,11 +683,13 @@ class ClusterNode:
         with self.store.lock:
             if self.epoch != epoch:
                 return STOP
-            with self._lock:
-                self.state.last_seen[node_id] = self.now()
             if reply.status == pb.AppendReply.STALE_TERM:
+                # Not counted as contact: a node that follows a newer leader is
+                # not part of this leader's majority.
                 self._step_down(reply.term, None, "node %d has term %d" % (node_id, reply.term))
                 return STOP
+            with self._lock:
+                self.state.last_seen[node_id] = self.now()
             self._peer_log[node_id] = (reply.last_seq, reply.last_term)
             if reply.status == pb.AppendReply.OK:
                 self._note_ack(node_id, reply.last_seq)
@@ -827,6 +831,7 @@ class ClusterNode:
                 self.state.last_seen[answer.node_id] = self.now()
         chosen = rules.tally(members, answers)
         if chosen is None:
+            self._find_unknown_leader(members, replies)
             return
         top_term = max(a.term for a in answers)
         if chosen == self.me.node_id:
@@ -849,6 +854,32 @@ class ClusterNode:
             with self._lock:
                 self.state.suspected.add(chosen)
             logger.info("node %d refused or could not lead; electing again without it", chosen)
+
+    def _find_unknown_leader(self, members: dict, replies: list) -> None:
+        """Follow the node every other member names when it is missing from this node's list.
+
+        A node that was away while the membership changed may not know the
+        leader elected meanwhile; the answers say where it is, and it is
+        followed only if it confirms that it leads.
+        """
+        named = {r.nominee for _, r in replies}
+        if len(named) != 1 or not replies:
+            return
+        nominee = named.pop()
+        node = next((r.nominee_node for _, r in replies if r.nominee_node.node_id == nominee), None)
+        if nominee in members or node is None:
+            return
+        try:
+            reply = self.peers.call(node.grpc_address, "CanYouLead",
+                                    pb.CanYouLeadRequest(candidate_id=self.me.node_id, term=self.state.term),
+                                    self.election_timeout)
+        except PeerUnavailable:
+            return
+        if reply.granted and reply.leader_id == nominee:
+            with self.store.lock:
+                self.state.members.setdefault(nominee, NodeAddress(nominee, node.client_address, node.grpc_address))
+                if self.state.adopt_term(reply.term, nominee, self.now()):
+                    logger.info("node %d now follows node %d at term %d", self.me.node_id, nominee, reply.term)
 
     def _ask_all(self, members: dict, method: str, request) -> list[tuple[int, object]]:
         """Call `method` on every other member in parallel; return (node id, answer) for those that answered."""

@@ -328,3 +328,22 @@ def test_node_removed_while_paused_rejoins_and_converges():
     assert net.read(1, "b") == "2" and net.read(1, "a") == "1"
     assert net.read(1, "unconfirmed") is None
     assert net.nodes[1].engine.digest() == net.nodes[2].engine.digest()
+
+
+def test_node_that_missed_a_join_and_an_election_finds_the_new_leader():
+    net = FakeNetwork()
+    net.add_node(5).bootstrap()
+    for node_id in (6, 7, 8):
+        join(net, node_id, via=5)
+    net.isolate(7)                                   # paused: misses what follows
+    join(net, 4, via=5)
+    net.down.add(5)
+    fail_over(net, 5)
+    assert net.leaders() == [4]
+    assert 4 not in net.nodes[7].state.members       # node 7 never heard of node 4
+    net.rejoin(7)
+    net.run_for(4 * FAILURE_TIMEOUT, until=lambda: net.nodes[7].state.leader_id == 4
+                and net.nodes[7].engine.seq == net.nodes[4].engine.seq)
+    assert net.nodes[7].state.leader_id == 4
+    assert 4 in net.nodes[7].state.members
+    assert net.nodes[7].engine.digest() == net.nodes[4].engine.digest()
