@@ -75,8 +75,12 @@ class Cluster:
 
     def _process(self, node_id: int, **options) -> ServerProcess:
         merged = dict(self.options, node_id=node_id, **options)
-        node = ServerProcess(self.workdir / ("node%d" % node_id), **merged)
+        workdir = self.workdir / ("node%d" % node_id)
+        if merged.get("persistence", "none") != "none":
+            merged.setdefault("persistence_path", str(workdir / "db.aof"))  # one file per node, kept across restarts
+        node = ServerProcess(workdir, **merged)
         self.nodes[node_id] = node
+        self.dead.discard(node_id)
         return node
 
     def start(self, size: int = 3, first_id: int = 1) -> "Cluster":

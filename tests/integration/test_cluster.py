@@ -160,6 +160,33 @@ def test_node_with_a_smaller_id_that_joins_later_follows(make_cluster):
     assert infos[5]["elections"] == infos[2]["elections"] == infos[3]["elections"] == 0
 
 
+def test_restarted_node_with_an_old_file_takes_the_leaders_state(make_cluster, tmp_path):
+    cluster = make_cluster(3, persistence="writethrough")
+    leader = cluster.wait_leader()
+    for i in range(50):
+        assert cluster.write(leader, "SET", key="old%d" % i, value="1")["status"] == "OK"
+    follower = followers_of(cluster, leader)[0]
+    cluster.wait_converged()
+    cluster.kill(follower)
+    for i in range(50):
+        assert cluster.write(leader, "SET", key="new%d" % i, value="2")["status"] == "OK"
+    assert cluster.write(leader, "DEL", key="old0")["value"] == 1
+    survivors = followers_of(cluster, follower)
+    cluster.wait_members(survivors)          # the dead follower was removed
+    cluster.add_node(follower)               # same id, same append-only file, stale
+    info = cluster.wait_converged()
+    assert info[follower]["digest"] == info[leader]["digest"]
+    assert cluster.write(follower, "GET", key="old0")["code"] == "NOT_FOUND"
+    # Its file now describes the leader's state: replayed alone, it gives the same data.
+    aof = cluster.nodes[follower].options["persistence_path"]
+    assert cluster.nodes[follower].stop() == 0
+    alone = ServerProcess(tmp_path / "alone", persistence="writethrough", persistence_path=aof).start()
+    try:
+        assert alone.info()["digest"] == cluster.info(leader)["digest"]
+    finally:
+        alone.cleanup()
+
+
 # -- a lost majority -----------------------------------------------------------------------------
 
 
