@@ -89,6 +89,7 @@ class Engine:
         # Set (under store.lock) while this node must not execute writes itself:
         # a cluster follower forwards them to its leader through this callable.
         self.forwarder: Optional[Callable[[dict, Context], dict]] = None
+        self._digest_cache: Optional[tuple] = None   # (store.changes it was computed at, digest)
 
     # -- wiring --------------------------------------------------------------
 
@@ -301,10 +302,16 @@ class Engine:
 
         Computed on request, a batch of keys per hold of the lock: on a node
         taking writes meanwhile it describes no single instant, so compare
-        digests of quiet nodes.
+        digests of quiet nodes. Reused while no record was applied and no TTL
+        passed, so polling INFO on a quiet node costs nothing.
         """
         store = self.store
         with store.lock:
+            next_expiry = store.next_expiry()
+            fresh = next_expiry is None or next_expiry > self.clock.wall_ms()
+            if self._digest_cache is not None and self._digest_cache[0] == store.changes and fresh:
+                return self._digest_cache[1]
+            state = store.changes
             keys = list(store.keys())
         hashes = []
         for start in range(0, len(keys), DIGEST_BATCH):
@@ -314,7 +321,9 @@ class Engine:
                     entry, expire_at = store.peek(key), store.expire_at(key)
                     if entry is not None and (expire_at is None or expire_at > now):
                         hashes.append(digest_mod.entry_digest(key, entry, expire_at))
-        return digest_mod.as_text(digest_mod.combine(hashes))
+        digest = digest_mod.as_text(digest_mod.combine(hashes))
+        self._digest_cache = (state, digest)
+        return digest
 
     def info(self) -> dict:
         """Build the INFO map: the engine's own figures plus every info source's."""

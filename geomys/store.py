@@ -36,6 +36,7 @@ class Store:
         self.owns_expiry = owns_expiry
         self.record_effects = False
         self.effects: list[tuple] = []
+        self.changes = 0   # counts every mutation, so a derived value (INFO's digest) knows it is stale
         self._data: dict = {}
         self._expires: dict = {}
         self._expiry_heap: list = []
@@ -51,6 +52,10 @@ class Store:
                 self.delete(key)
             return None
         return entry
+
+    def next_expiry(self) -> Optional[int]:
+        """The earliest TTL that may still apply (ms since epoch), or None if no key has one."""
+        return self._expiry_heap[0][0] if self._expiry_heap else None
 
     def peek(self, key) -> Optional[Entry]:
         """Return the stored entry at `key` without looking at its TTL."""
@@ -71,6 +76,7 @@ class Store:
 
     def put(self, key, value: Value, expire_at_ms: Optional[int] = None) -> None:
         """Store a string at `key`, replacing whatever was there."""
+        self.changes += 1
         self._data[key] = value
         if expire_at_ms is None:
             self._expires.pop(key, None)
@@ -85,6 +91,7 @@ class Store:
         items = self._data.get(key)
         if items is None:
             items = self._data[key] = deque()
+        self.changes += 1
         items.append(value)
         if self.record_effects:
             self.effects.append(("PUSH", key, value))
@@ -96,6 +103,7 @@ class Store:
     def pop(self, key, left: bool) -> Value:
         """Remove and return the first (left) or last element of the non-empty list at `key`."""
         items = self._data[key]
+        self.changes += 1
         value = items.popleft() if left else items.pop()
         if not items:
             del self._data[key]
@@ -108,6 +116,7 @@ class Store:
         """Remove `key` whatever its type; return whether it was there."""
         if key not in self._data:
             return False
+        self.changes += 1
         del self._data[key]
         self._expires.pop(key, None)
         if self.record_effects:
@@ -116,6 +125,7 @@ class Store:
 
     def flush(self) -> None:
         """Remove every key."""
+        self.changes += 1
         self._data.clear()
         self._expires.clear()
         self._expiry_heap.clear()
@@ -169,6 +179,7 @@ class Store:
 
     def replace_contents(self, other: "Store") -> None:
         """Take over `other`'s keys and TTLs, dropping ours; blocked clients stay queued."""
+        self.changes += 1
         self._data, self._expires, self._expiry_heap = other._data, other._expires, other._expiry_heap
         for key, waiters in self._waiters.items():
             if waiters and type(self._data.get(key)) is deque:

@@ -48,3 +48,25 @@ def test_expired_keys_do_not_count():
 def test_empty_keyspace_digest_is_zero():
     assert engine_with().digest() == "0" * 16
     assert combine([]) == 0
+
+
+def test_digest_follows_every_change_even_without_a_new_key():
+    engine = engine_with(("SET", "c", "1", None))
+    before = engine.digest()
+    with engine.store.lock:
+        records.apply(engine.store, ("SET", "c", "2", None))   # what INCR does: same key count
+    assert engine.digest() != before
+    with engine.store.lock:
+        records.apply(engine.store, ("SET", "c", "1", None))
+    assert engine.digest() == before
+
+
+def test_digest_drops_a_key_once_its_ttl_passes_without_any_write():
+    clock = FakeClock()
+    engine = Engine(Store(owns_expiry=False), clock)           # a follower: expiry hides, never deletes
+    with engine.store.lock:
+        records.apply(engine.store, ("SET", "t", "1", EPOCH_MS + 1000))
+    with_key = engine.digest()
+    clock.advance(2)
+    assert with_key != "0" * 16
+    assert engine.digest() == "0" * 16
