@@ -36,8 +36,8 @@ def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(t
     assert len(rows) == 4  # 1 and 50 clients, pipeline 1 and 16
     for rps, ratio in rows:
         assert int(rps.replace(",", "")) > 0 and float(ratio) > 0
-    goal = re.search(r"^\| standalone SET vs baseline, 50 clients, -P 1 \| ([\d.]+) \| ≥ 0\.90 \| (yes|\*\*no\*\*) \|",
-                     text, re.M)
+    goal = re.search(r"^\| standalone SET vs baseline, 50 clients, -P 1 \| ([\d.]+) \| ≥ 0\.90 \| "
+                     r"(yes|\*\*no\*\*) \|", text, re.M)
     assert goal and float(goal.group(1)) > 0
     assert "Geomys standalone" in run.stdout  # the tables are printed too
 

@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""The reference benchmark matrix of Geomys, written into docs/performance.md.
+
+Starts every server itself on free 127.0.0.1 ports (the bare baseline of
+scripts/baseline_server.py, Geomys standalone, writethrough, buffered, a
+three-node cluster, and Redis when it is installed), then runs SET, GET and
+INCR at 1 and 50 clients, pipeline 1 and 16. Each cell is run --repeat times,
+the servers taking turns in a rotating order so that drift (CPU frequency,
+the page cache, a noisy neighbour) hits them all alike; medians are quoted.
+Geomys is driven by geomys-benchmark, Redis by redis-benchmark.
+
+    python scripts/bench.py --repeat 3                 # the full matrix, into docs/performance.md
+    python scripts/bench.py --quick --servers standalone,baseline --tests set --output /tmp/perf.md
+
+Every run is bounded by --max-seconds; the servers are stopped by PID at the
+end and on Ctrl-C. Runs in the main thread; imports only scripts/bench_common.py,
+msgpack and the standard library.
+"""
+
+import argparse
+import csv
+import io
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bench_common import (REPO, BenchError, Server, Servers, command_path, free_port, machine_summary, median,
+                          positive_int, replace_section, start_cluster, start_geomys)
+
+SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis")
+TESTS = ("set", "get", "incr")
+CLIENTS = (1, 50)
+PIPELINES = (1, 16)
+SECTION = "bench"
+BACKLOG_ENTRIES = 100000  # the server's default backlog_entries
+
+# Rows of the tables, in display order: (row key, label). "cluster" gives two rows.
+ROWS = (
+    ("baseline", "baseline (scripts/baseline_server.py)"),
+    ("standalone", "Geomys standalone, persistence none"),
+    ("writethrough", "Geomys writethrough"),
+    ("buffered", "Geomys buffered"),
+    ("leader", "Geomys 3-node cluster, via the leader"),
+    ("follower", "Geomys 3-node cluster, SET via a follower"),
+    ("redis", "Redis (redis-benchmark)"),
+)
+
+REPORT_PATTERNS = {
+    "cut_short": re.compile(r"cut short by --max-seconds"),
+    "rps": re.compile(r"^\s*([\d.]+) requests per second", re.M),
+    "latency": re.compile(r"p50=([\d.]+) p95=[\d.]+ p99=([\d.]+)"),
+    "errors": re.compile(r"^\s*errors: (\d+)", re.M),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One row of the tables: where it listens, what it runs, which processes do its work."""
+
+    row: str
+    port: int
+    tests: tuple[str, ...]
+    processes: tuple[Server, ...]
+    tool: str = "geomys-benchmark"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One run of one test against one target."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    cut_short: bool
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """The medians of a cell's samples."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    cut_short: bool
+    errors: int
+
+
+# -- running one test ----------------------------------------------------------------------
+
+
+def geomys_benchmark_argv(port: int, test: str, clients: int, pipeline: int, requests: int,
+                          max_seconds: float) -> list[str]:
+    """The geomys-benchmark command line of one run (its default report, which says when it was cut short)."""
+    return command_path("geomys-benchmark") + [
+        "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", str(pipeline), "-n", str(requests),
+        "-t", test, "--max-seconds", str(max_seconds)]
+
+
+def redis_benchmark_argv(port: int, test: str, clients: int, pipeline: int, requests: int) -> list[str]:
+    """The redis-benchmark command line of one run."""
+    return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
+            "-n", str(requests), "-t", test, "--csv"]
+
+
+def parse_geomys_report(text: str) -> tuple[float, float, float, bool, int]:
+    """Read rps, p50, p99, cut-short and errors from geomys-benchmark's default report."""
+    rps = REPORT_PATTERNS["rps"].search(text)
+    latency = REPORT_PATTERNS["latency"].search(text)
+    errors = REPORT_PATTERNS["errors"].search(text)
+    if not (rps and latency and errors):
+        raise BenchError("unexpected geomys-benchmark output:\n" + text)
+    return (float(rps.group(1)), float(latency.group(1)), float(latency.group(2)),
+            bool(REPORT_PATTERNS["cut_short"].search(text)), int(errors.group(1)))
+
+
+def parse_redis_csv(text: str) -> tuple[float, float, float, bool, int]:
+    """Read rps, p50 and p99 from redis-benchmark --csv (it has no time limit and no error count)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if len(rows) != 1:
+        raise BenchError("unexpected redis-benchmark output:\n" + text)
+    row = rows[0]
+    return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"]), False, 0
+
+
+def run_one(target: Target, test: str, clients: int, pipeline: int, requests: int, max_seconds: float) -> Sample:
+    """Run one test against one target; the server CPU time is read from /proc around the run."""
+    if target.tool == "redis-benchmark":
+        argv, parse = redis_benchmark_argv(target.port, test, clients, pipeline, requests), parse_redis_csv
+    else:
+        argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds)
+        parse = parse_geomys_report
+    cpu_before = sum(p.cpu_seconds() for p in target.processes)
+    try:
+        # geomys-benchmark bounds itself by --max-seconds; this bound is for a tool that hangs.
+        run = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=2 * max_seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError("%s did not finish: %s" % (argv[0], " ".join(argv))) from None
+    cpu = sum(p.cpu_seconds() for p in target.processes) - cpu_before
+    if run.returncode != 0:
+        raise BenchError("%s failed (status %d): %s\n%s" % (argv[0], run.returncode, " ".join(argv), run.stderr))
+    rps, p50, p99, cut_short, errors = parse(run.stdout)
+    # A run cut short served fewer than `requests`: rps x elapsed would be exact, rps x max_seconds is close.
+    served = min(requests, rps * max_seconds) if cut_short else requests
+    return Sample(rps, p50, p99, cpu / served * 1e6, cut_short, errors)
+
+
+# -- the servers ------------------------------------------------------------------------------
+
+
+def start_targets(servers: Servers, workdir: Path, names: Sequence[str], warm_up: bool) -> list[Target]:
+    """Start the servers named, wait until each answers, and return the table rows they give.
+
+    With `warm_up`, the cluster's replication backlog is filled first (see fill_backlog).
+    """
+    targets = []
+    if "baseline" in names:
+        port = free_port()
+        server = servers.add(Server("baseline", [sys.executable, str(REPO / "scripts" / "baseline_server.py"),
+                                                 "--port", str(port)], port, workdir)).wait_ready()
+        targets.append(Target("baseline", port, TESTS, (server,)))
+    if "standalone" in names:
+        server = start_geomys(servers, "standalone", workdir)
+        targets.append(Target("standalone", server.port, TESTS, (server,)))
+    for mode in ("writethrough", "buffered"):
+        if mode in names:
+            server = start_geomys(servers, mode, workdir, "--persistence", mode,
+                                  "--persistence_path", str(workdir / ("%s.aof" % mode)))
+            targets.append(Target(mode, server.port, TESTS, (server,)))
+    if "cluster" in names:
+        nodes = tuple(start_cluster(servers, workdir))
+        if warm_up:
+            fill_backlog(nodes[0].port)
+        # The whole cluster's CPU is counted: a write costs work on every node.
+        targets.append(Target("leader", nodes[0].port, TESTS, nodes))
+        targets.append(Target("follower", nodes[1].port, ("set",), nodes))
+    if "redis" in names and redis_available():
+        port = free_port()
+        server = servers.add(Server("redis", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--daemonize", "no"], port, workdir))
+        wait_redis(server)
+        targets.append(Target("redis", port, TESTS, (server,), tool="redis-benchmark"))
+    return targets
+
+
+def fill_backlog(port: int) -> None:
+    """Write BACKLOG_ENTRIES keys through the leader, untimed.
+
+    A leader keeps its last backlog_entries (default 100000) log entries in
+    memory, and replication costs more once that backlog is full, which is
+    the state of any leader that has run for a while. Filling it first means
+    every repetition measures that state, not the first one a fresher one.
+    """
+    argv = geomys_benchmark_argv(port, "set", 50, 16, BACKLOG_ENTRIES, 300)
+    run = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=400)
+    if run.returncode != 0:
+        raise BenchError("filling the cluster's backlog failed:\n" + run.stderr)
+
+
+def redis_available() -> bool:
+    """Whether both redis-server and redis-benchmark are on PATH."""
+    return bool(shutil.which("redis-server") and shutil.which("redis-benchmark"))
+
+
+def redis_version() -> str:
+    """`7.0.15` from `redis-server --version`."""
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+    found = re.search(r"v=([\d.]+)", out)
+    return found.group(1) if found else "?"
+
+
+def wait_redis(server: Server, timeout: float = 30.0) -> None:
+    """Wait until Redis answers a RESP PING (Redis does not speak MessagePack)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise BenchError("redis-server exited:\n" + server.log_tail())
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError("redis-server did not answer PING within %.0f s" % timeout)
+
+
+# -- the matrix ------------------------------------------------------------------------------
+
+
+def run_matrix(targets: Sequence[Target], tests: Sequence[str], repeat: int, requests: dict[int, int],
+               max_seconds: float) -> dict[tuple, list[Sample]]:
+    """Run every cell `repeat` times, the targets in a rotating order; return samples per cell.
+
+    A cell is (row, test, clients, pipeline).
+    """
+    samples: dict[tuple, list[Sample]] = {}
+    total = repeat * sum(1 for _ in cells(targets, tests))
+    done = 0
+    started = time.monotonic()
+    for rep in range(repeat):
+        order = list(targets[rep % len(targets):]) + list(targets[:rep % len(targets)])
+        for clients in CLIENTS:
+            for pipeline in PIPELINES:
+                for test in tests:
+                    for target in order:
+                        if test not in target.tests:
+                            continue
+                        sample = run_one(target, test, clients, pipeline, requests[pipeline], max_seconds)
+                        samples.setdefault((target.row, test, clients, pipeline), []).append(sample)
+                        done += 1
+                        print("[%3d/%d %5.0fs] rep %d  %-12s %-4s c=%-2d P=%-2d %10.0f req/s%s"
+                              % (done, total, time.monotonic() - started, rep + 1, target.row, test, clients,
+                                 pipeline, sample.rps, "  (cut short)" if sample.cut_short else ""),
+                              file=sys.stderr, flush=True)
+    return samples
+
+
+def cells(targets: Sequence[Target], tests: Sequence[str]):
+    """Every (target, test, clients, pipeline) the matrix runs once per repetition."""
+    for clients in CLIENTS:
+        for pipeline in PIPELINES:
+            for test in tests:
+                for target in targets:
+                    if test in target.tests:
+                        yield target, test, clients, pipeline
+
+
+def summarize(samples: dict[tuple, list[Sample]]) -> dict[tuple, Cell]:
+    """The median of each figure of each cell (any run cut short or with errors marks the cell)."""
+    return {key: Cell(rps=median([s.rps for s in runs]), p50_ms=median([s.p50_ms for s in runs]),
+                      p99_ms=median([s.p99_ms for s in runs]), cpu_us=median([s.cpu_us for s in runs]),
+                      cut_short=any(s.cut_short for s in runs), errors=sum(s.errors for s in runs))
+            for key, runs in samples.items()}
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def ratio(results: dict[tuple, Cell], row: str, base_row: str, test: str, clients: int,
+          pipeline: int) -> Optional[float]:
+    """rps of `row` over rps of `base_row` in the same cell, or None if either was not measured."""
+    cell, base = results.get((row, test, clients, pipeline)), results.get((base_row, test, clients, pipeline))
+    if cell is None or base is None or not base.rps:
+        return None
+    return cell.rps / base.rps
+
+
+def mark(cell: Cell) -> str:
+    """The footnote marks of a cell."""
+    return ("*" if cell.cut_short else "") + ("!" if cell.errors else "")
+
+
+def rps_text(results: dict[tuple, Cell], row: str, test: str, clients: int, pipeline: int) -> str:
+    """`21,384 (0.87)`: median requests per second and its ratio to the baseline's."""
+    cell = results.get((row, test, clients, pipeline))
+    if cell is None:
+        return "–"
+    text = "{:,.0f}{}".format(cell.rps, mark(cell))
+    factor = ratio(results, row, "baseline", test, clients, pipeline)
+    if factor is not None and row not in ("baseline", "redis"):
+        text += " (%s)" % ratio_text(factor)
+    return text
+
+
+def ratio_text(value: float) -> str:
+    """Two decimals, three below 0.1 (so a tiny ratio does not read 0.00)."""
+    return ("%.2f" if value >= 0.1 else "%.3f") % value
+
+
+def config_table(results: dict[tuple, Cell], rows: Sequence[tuple[str, str]], tests: Sequence[str],
+                 clients: int, pipeline: int, requests: int) -> str:
+    """The table of one (clients, pipeline) configuration."""
+    lines = ["#### %d client%s, pipeline %d (-n %d)" % (clients, "" if clients == 1 else "s", pipeline, requests),
+             "",
+             "| server | %s | SET p50 / p99 ms | server CPU µs/request (%s) |"
+             % (" | ".join("%s req/s (× baseline)" % t.upper() for t in tests),
+                " / ".join(t.upper() for t in tests)),
+             "|---|%s---:|---:|" % ("---:|" * len(tests))]
+    for row, label in rows:
+        if not any((row, t, clients, pipeline) in results for t in tests):
+            continue
+        set_cell = results.get((row, "set", clients, pipeline))
+        latency = "%.2f / %.2f" % (set_cell.p50_ms, set_cell.p99_ms) if set_cell else "–"
+        cpu = " / ".join("%.0f" % results[(row, t, clients, pipeline)].cpu_us
+                         if (row, t, clients, pipeline) in results else "–" for t in tests)
+        lines.append("| %s | %s | %s | %s |" % (label, " | ".join(rps_text(results, row, t, clients, pipeline)
+                                                                   for t in tests), latency, cpu))
+    return "\n".join(lines)
+
+
+GOALS = (
+    # (what, row, base row, test, clients, pipeline, goal)
+    ("standalone SET vs baseline, 50 clients, -P 1", "standalone", "baseline", "set", 50, 1, 0.90),
+    ("standalone SET vs baseline, 50 clients, -P 16", "standalone", "baseline", "set", 50, 16, 0.90),
+    ("standalone GET vs baseline, 50 clients, -P 1", "standalone", "baseline", "get", 50, 1, 0.90),
+    ("standalone GET vs baseline, 50 clients, -P 16", "standalone", "baseline", "get", 50, 16, 0.90),
+    ("writethrough SET vs persistence none, 50 clients, -P 1", "writethrough", "standalone", "set", 50, 1, 0.50),
+    ("writethrough SET vs persistence none, 50 clients, -P 16", "writethrough", "standalone", "set", 50, 16, 0.50),
+    ("3-node cluster SET (leader) vs standalone, 50 clients, -P 1", "leader", "standalone", "set", 50, 1, 0.50),
+    ("3-node cluster SET (leader) vs standalone, 50 clients, -P 16", "leader", "standalone", "set", 50, 16, 0.50),
+)
+
+
+def goals_table(results: dict[tuple, Cell]) -> str:
+    """The ratios the project tracks, each against its goal."""
+    lines = ["| ratio (median req/s over median req/s, same run) | measured | goal | met |", "|---|---:|---:|---|"]
+    for what, row, base_row, test, clients, pipeline, goal in GOALS:
+        value = ratio(results, row, base_row, test, clients, pipeline)
+        if value is None:
+            lines.append("| %s | not measured | ≥ %.2f | – |" % (what, goal))
+        else:
+            lines.append("| %s | %s | ≥ %.2f | %s |"
+                         % (what, ratio_text(value), goal, "yes" if value >= goal else "**no**"))
+    return "\n".join(lines)
+
+
+def latency_table(results: dict[tuple, Cell]) -> str:
+    """SET latency on the cluster's leader and through a follower."""
+    lines = ["| SET latency, ms (median of runs) | p50 | p99 |", "|---|---:|---:|"]
+    for clients in CLIENTS:
+        for pipeline in PIPELINES:
+            for row, where in (("leader", "on the leader"), ("follower", "through a follower")):
+                cell = results.get((row, "set", clients, pipeline))
+                if cell is not None:
+                    lines.append("| %s, %d client%s, -P %d%s | %.2f | %.2f |"
+                                 % (where, clients, "" if clients == 1 else "s", pipeline,
+                                    " " + mark(cell) if mark(cell) else "", cell.p50_ms, cell.p99_ms))
+    return "\n".join(lines) if len(lines) > 2 else "(the cluster was not measured)"
+
+
+def render(results: dict[tuple, Cell], names: Sequence[str], tests: Sequence[str], repeat: int,
+           requests: dict[int, int], max_seconds: float, warmed_up: bool, argv: Sequence[str],
+           seconds: float) -> str:
+    """The generated markdown: how it was run, one table per configuration, the goals, the latencies."""
+    redis_label = ("Redis %s (redis-benchmark)" % redis_version()) if "redis" in names and redis_available() else ""
+    rows = [(row, redis_label if row == "redis" else label) for row, label in ROWS]
+    parts = [
+        "Generated by `%s` on %s (%s); took %.0f s."
+        % (" ".join(["python scripts/bench.py", *argv]), time.strftime("%Y-%m-%d"), machine_summary(), seconds),
+        "",
+        "Each figure is the median of %d run%s; in every repetition the servers took turns in a rotating "
+        "order. -n %d at pipeline 1, -n %d at pipeline 16; each run stopped after %g s at most. "
+        "geomys-benchmark ran with its default `--procs` (one client process per core, at most one per "
+        "connection). In brackets: the ratio to the baseline's median in the same cell. %s"
+        "Server CPU is user + system time of the server process (the sum of all three nodes for the "
+        "cluster rows) over the requests of the run, from /proc/PID/stat (10 ms ticks)."
+        % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds,
+           "Before the first run the cluster took %d untimed SETs, so its replication backlog was full "
+           "throughout, as on a leader that has run for a while. " % BACKLOG_ENTRIES if warmed_up else ""),
+        "",
+    ]
+    for clients in CLIENTS:
+        for pipeline in PIPELINES:
+            parts += [config_table(results, rows, tests, clients, pipeline, requests[pipeline]), ""]
+    notes = ["`*` at least one run stopped at --max-seconds before -n requests: the rate is over the "
+             "requests completed.", "`!` some replies were errors."]
+    if "redis" in names:
+        if redis_available():
+            notes.append("Redis is measured with its own tool (redis-benchmark, a C client, single-threaded) "
+                         "and its own protocol (RESP), no persistence; its SET overwrites one key and its "
+                         "INCR updates one counter, where Geomys's SET writes a fresh key every time. It is "
+                         "a reference point, not a like-for-like comparison.")
+        else:
+            notes.append("Redis rows skipped: redis-server or redis-benchmark is not on PATH.")
+    parts += ["\n".join("- " + note for note in notes), "",
+              "#### Goals", "", goals_table(results), "",
+              "#### SET latency in the cluster", "", latency_table(results)]
+    return "\n".join(parts)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def parse_list(allowed: Sequence[str]):
+    """An argparse type: a comma list of names from `allowed`."""
+    def convert(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError("choose from %s" % ",".join(allowed))
+        return names
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of bench.py."""
+    parser = argparse.ArgumentParser(
+        description="Run Geomys's reference benchmark matrix and write its tables into docs/performance.md.")
+    add = parser.add_argument
+    add("--quick", action="store_true",
+        help="small -n (2000 / 10000) and one repetition: checks that everything runs, measures little")
+    add("--repeat", type=positive_int, default=None, metavar="N", help="runs of every cell (default 3, --quick 1)")
+    add("--requests", type=positive_int, default=None, metavar="N",
+        help="-n of the pipeline-1 runs (default 20000, --quick 2000); pipeline-16 runs use 5 x N")
+    add("--max-seconds", type=float, default=20.0, metavar="S",
+        help="bound of each run, passed to geomys-benchmark (default %(default)s)")
+    add("--servers", type=parse_list(SERVERS), default=SERVERS, metavar="LIST",
+        help="comma list from %s (default all; redis only if installed)" % ",".join(SERVERS))
+    add("--tests", type=parse_list(TESTS), default=TESTS, metavar="LIST",
+        help="comma list from %s (default all)" % ",".join(TESTS))
+    add("--output", type=Path, default=REPO / "docs" / "performance.md", metavar="PATH",
+        help="markdown file whose generated section is replaced (default docs/performance.md)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the matrix, print the tables and write them into --output."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    base_n = args.requests or (2000 if args.quick else 20000)
+    requests = {1: base_n, 16: 5 * base_n}
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
+            targets = start_targets(servers, Path(tmp), args.servers, warm_up=not args.quick)
+            samples = run_matrix(targets, args.tests, repeat, requests, args.max_seconds)
+    except BenchError as exc:
+        print("bench.py: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench.py: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    text = render(summarize(samples), args.servers, args.tests, repeat, requests, args.max_seconds,
+                  "cluster" in args.servers and not args.quick, argv, time.monotonic() - started)
+    print(text)
+    replace_section(args.output, SECTION, text)
+    print("\nwritten into %s" % args.output, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
