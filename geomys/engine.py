@@ -163,12 +163,19 @@ class Engine:
 
     def _publish(self) -> None:
         """Number the store's new effect records and give them to every sink (caller holds lock)."""
-        seq = self.seq
-        for record in self.store.take_effects():
-            seq += 1
-            for sink in self._sinks:
-                sink.append(seq, record)
-        self.seq = seq
+        self._number(self.store.take_effects())
+
+    def _number(self, records) -> None:
+        """Give each record the next seq and hand it to the sinks (caller holds store.lock).
+
+        `self.seq` moves before the sinks see the record, so a thread a sink
+        wakes already finds it.
+        """
+        sinks = self._sinks
+        for record in records:
+            self.seq += 1
+            for sink in sinks:
+                sink.append(self.seq, record)
 
     def _forward(self, request: dict, ctx: Context) -> dict:
         """Hand a write to the leader (outside the store lock); relay its reply."""
@@ -227,13 +234,8 @@ class Engine:
     def append_records(self, records: list) -> int:
         """Log records that do not come from a command (e.g. membership); return the last seq."""
         with self.store.lock:
-            seq = self.seq
-            for record in records:
-                seq += 1
-                for sink in self._sinks:
-                    sink.append(seq, record)
-            self.seq = seq
-            return seq
+            self._number(records)
+            return self.seq
 
     def apply_entries(self, entries: list) -> None:
         """Apply (seq, record) pairs produced by the leader, keeping its numbering (caller holds store.lock).
@@ -244,9 +246,9 @@ class Engine:
         store = self.store
         for seq, record in entries:
             records_mod.apply(store, record)
+            self.seq = seq
             for sink in self._sinks:
                 sink.append(seq, record)
-            self.seq = seq
         store.take_effects()
 
     def install_snapshot(self, contents: Store, seq: int, snapshot_records: list) -> None:

@@ -78,7 +78,10 @@ class ClusterNode:
         self.backlog = Backlog(config.backlog_entries, config.backlog_bytes)
         self.peers = peers or Peers(config.rpc_timeout, config.max_request_bytes + (4 << 20), config.cluster_secret)
         self._lock = threading.RLock()
-        self._progress = threading.Condition(self._lock)   # new entries, acks, role changes
+        # Two conditions on one lock, so a new entry wakes only the senders and
+        # a commit only the clients waiting for one (never a herd of both).
+        self._entries_cond = threading.Condition(self._lock)   # senders: new entries, epoch changes
+        self._commit_cond = threading.Condition(self._lock)    # clients: commits, role changes
         self.safe_seq = 0          # highest seq a reply may reveal (leader: committed)
         self.acked: dict[int, int] = {}   # leader: follower id -> last seq it applied
         self.learners: dict[int, NodeAddress] = {}
@@ -199,9 +202,9 @@ class ClusterNode:
             except PeerUnavailable as exc:
                 logger.warning("could not tell the leader this node leaves: %s", exc)
         self._stopping.set()
-        with self._progress:
+        with self._lock:
             self.epoch += 1
-            self._progress.notify_all()
+            self._wake_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.peers.close()
 
@@ -214,12 +217,12 @@ class ClusterNode:
         state.last_term = state.term
         self.engine.forwarder = None
         self.store.owns_expiry = True
-        with self._progress:
+        with self._lock:
             self.epoch += 1
             self.acked = {}
             self.safe_seq = max(self.safe_seq, self.engine.seq)
             epoch = self.epoch
-            self._progress.notify_all()
+            self._wake_all()
         # The first entry of a term commits every entry before it.
         self.engine.append_records([rules.members_record(state.members)])
         for node_id in self._targets():
@@ -235,11 +238,16 @@ class ClusterNode:
         state.leader_id = leader_id
         self.engine.forwarder = self.forward
         self.store.owns_expiry = False
-        with self._progress:
+        with self._lock:
             self.epoch += 1
-            self._progress.notify_all()
+            self._wake_all()
         if was_leader:
             logger.warning("node %d stepped down at term %d: %s", self.me.node_id, state.term, why)
+
+    def _wake_all(self) -> None:
+        """Wake senders and waiting clients alike: the epoch or role changed (caller holds _lock)."""
+        self._entries_cond.notify_all()
+        self._commit_cond.notify_all()
 
     def _targets(self) -> list[int]:
         return [n for n in list(self.state.members) + list(self.learners) if n != self.me.node_id]
@@ -259,10 +267,11 @@ class ClusterNode:
         state.last_term = state.term
         if record[0] == "MEMBERS":
             self._set_members(rules.members_from_record(record))
-        with self._progress:
+        with self._lock:
             if len(state.members) <= 1:
                 self.safe_seq = seq
-            self._progress.notify_all()
+                self._commit_cond.notify_all()
+            self._entries_cond.notify_all()
 
     def wait(self, seq: int, write_seq: int = 0) -> None:
         """Block until entry `seq` is applied by a majority, as long as this node leads.
@@ -274,14 +283,14 @@ class ClusterNode:
         """
         if self.safe_seq >= seq:
             return
-        with self._progress:
+        with self._lock:
             while self.safe_seq < seq:
                 if self.state.role != LEADER:
                     if self.safe_seq < write_seq:
                         raise NoLeader("leadership was lost before this write reached a majority; "
                                        "its outcome is unknown")
                     return
-                self._progress.wait(0.5)
+                self._commit_cond.wait(0.5)
 
     def _set_members(self, members: dict[int, NodeAddress]) -> None:
         """Adopt a new membership (from a MEMBERS record)."""
@@ -441,9 +450,9 @@ class ClusterNode:
 
     def _note_safe(self, seq: int) -> None:
         # A follower reveals whatever its leader sent; only a leader waits for majorities.
-        with self._progress:
+        with self._lock:
             self.safe_seq = max(self.safe_seq, self.engine.seq)
-            self._progress.notify_all()
+            self._commit_cond.notify_all()
 
     def _apply_payloads(self, payloads) -> bool:
         """Apply encoded entries that extend this log, skipping ones it has (caller holds store.lock).
@@ -699,28 +708,28 @@ class ClusterNode:
     def _note_ack(self, node_id: int, seq: int) -> None:
         """Record a follower's progress and advance the commit point (caller holds store.lock)."""
         state = self.state
-        with self._progress:
+        with self._lock:
             self.acked[node_id] = seq
             if node_id in state.members:
                 commit = rules.commit_seq(self.me.node_id, self.engine.seq, self.acked, state.members)
                 if commit > self.safe_seq:
                     self.safe_seq = commit
-                    self._progress.notify_all()
+                    self._commit_cond.notify_all()
 
     def _wait_for_entries(self, epoch: int, seq: int) -> None:
         """Sleep until there is an entry after `seq`, the epoch ends, or a keepalive is due."""
         deadline = self.now() + self.heartbeat_interval
-        with self._progress:
+        with self._lock:
             while self.engine.seq <= seq and self.epoch == epoch and not self._stopping.is_set():
                 remaining = deadline - self.now()
                 if remaining <= 0:
                     return
-                self._progress.wait(remaining)
+                self._entries_cond.wait(remaining)
 
     def _idle(self, epoch: int, seconds: float) -> None:
-        with self._progress:
+        with self._lock:
             if self.epoch == epoch:
-                self._progress.wait(seconds)
+                self._entries_cond.wait(seconds)
 
     # -- the ticker: heartbeats, failure detection, elections ---------------------------------
 
