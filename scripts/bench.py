@@ -73,7 +73,7 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One run of one test against one target."""
+    """One run of one test against one target, or (as a Cell) the medians of a cell's runs."""
 
     rps: float
     p50_ms: float
@@ -83,16 +83,7 @@ class Sample:
     errors: int
 
 
-@dataclass(frozen=True, slots=True)
-class Cell:
-    """The medians of a cell's samples."""
-
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float
-    cut_short: bool
-    errors: int
+Cell = Sample  # a cell's summary has the same fields as one run
 
 
 # -- running one test ----------------------------------------------------------------------
