@@ -261,6 +261,7 @@ class WriteLoad:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.acked_sets: dict[str, str] = {}         # key -> value, acknowledged OK
+        self.acked_at: dict[str, float] = {}         # key -> time.monotonic() of its OK
         self.confirmed_sets: dict[str, str] = {}     # key -> value, retry answered KEY_EXISTS
         self.acked_incrs = [0] * threads             # INCRs acknowledged per thread
         self.attempted_incrs = [0] * threads         # INCRs sent at least once (upper bound)
@@ -388,6 +389,7 @@ class WriteLoad:
             if status == "OK":
                 if op["command"] == "SET":
                     self.acked_sets[op["key"]] = op["value"]
+                    self.acked_at[op["key"]] = time.monotonic()
                 else:
                     self.acked_incrs[t] += 1
                     self.last_incr_value[t] = max(self.last_incr_value[t], reply["value"])
