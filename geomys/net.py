@@ -23,6 +23,10 @@ READ_SIZE = 256 * 1024
 # stays open; a long run of them in one read is text or noise, not a client
 # speaking MessagePack, and is treated like undecodable bytes.
 GARBAGE_RUN = 8
+# Until a client on a server with requirepass has sent the right AUTH, its
+# requests may be this big at most (PING and AUTH fit easily), so a stranger
+# cannot make the server buffer max_request_bytes per connection.
+PREAUTH_MAX_REQUEST_BYTES = 16 * 1024
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 OK_BYTES = protocol.new_packer().pack(OK)  # the commonest reply, packed once
 
@@ -56,8 +60,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
     def _serve(self) -> None:
         sock, ctx, engine = self.request, self.ctx, self.server.engine
         execute, pack, pending = engine.execute, self.packer.pack, self.pending
-        limit = self.server.max_request_bytes
-        unpacker = protocol.new_unpacker(limit)
+        max_bytes = self.server.max_request_bytes
+        unpacker = protocol.new_unpacker(max_bytes)
         fed = 0    # bytes fed to the unpacker so far
         start = 0  # stream offset where the request being decoded began
         while True:
@@ -72,6 +76,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 # request, then go on. Many small pipelined requests arriving in
                 # one read are thus never mistaken for one over the limit, and a
                 # request over it is caught even if it trickles in.
+                limit = max_bytes if ctx.authenticated else min(max_bytes, PREAUTH_MAX_REQUEST_BYTES)
                 room = limit - (fed - start)
                 chunk, rest = rest[:room], rest[room:]
                 try:
@@ -79,7 +84,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
                         raise protocol.msgpack.BufferFull
                     unpacker.feed(chunk)
                 except protocol.msgpack.BufferFull:
-                    self._close_with(protocol.too_large_reply(limit))
+                    self._close_with(protocol.too_large_reply(limit) if ctx.authenticated
+                                     else protocol.unauthenticated_too_large_reply(limit))
                     return
                 fed += len(chunk)
                 try:

@@ -8,7 +8,7 @@ import logging
 
 import msgpack
 
-from .errors import BadRequest, GeomysError, TooLarge
+from .errors import AuthRequired, BadRequest, GeomysError, TooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +47,8 @@ def not_msgpack_reply() -> dict:
 def too_large_reply(limit: int) -> dict:
     """The reply sent before closing a connection whose request passed max_request_bytes."""
     return error_reply(TooLarge("request larger than max_request_bytes (%d); closing the connection" % limit))
+
+
+def unauthenticated_too_large_reply(limit: int) -> dict:
+    """The reply sent before closing a connection that sent a large request before AUTH."""
+    return error_reply(AuthRequired("requests before AUTH are limited to %d bytes; closing the connection" % limit))
