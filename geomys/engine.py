@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 # large keyspace never stalls other clients for long.
 DIGEST_BATCH = 2000
 
+# Most plain commands run per hold of the store lock: a long pipeline must not
+# keep other clients waiting for long.
+LOCK_BATCH = 64
+
 # How often a blocked client checks that its connection is still open, so a
 # BLPOP with no timeout does not outlive its client.
 LIVENESS_CHECK_SECONDS = 1.0
@@ -121,39 +125,101 @@ class Engine:
     # -- the execute path ------------------------------------------------------
 
     def execute(self, request, ctx: Context) -> dict:
-        """Run one decoded request and return its reply map (never raises)."""
-        ctx.commands += 1
-        try:
-            if type(request) is not dict:
-                raise BadRequest("a request must be a map, got %s" % type(request).__name__)
-            name = request.get("command")
-            spec = lookup(TABLE, name)
-            if spec is None:
-                if type(name) is not str:
-                    raise BadRequest("field 'command' is missing or not a string")
-                raise UnknownCommand("unknown command %s" % describe_key(name))
-            if not ctx.authenticated and spec.needs_auth:
-                raise AuthRequired("authentication required: send AUTH first")
-            args = spec.parse(request)
-            if not spec.needs_lock:
-                return spec.handler(self.store, ctx, *args)
-            if spec.is_blocking:
-                return self._execute_blocking(spec, args, ctx, request)
-            store = self.store
+        """Run one decoded request and return its reply map (raises only ClientGone)."""
+        replies: list = []
+        self.execute_batch([request], ctx, replies)
+        return replies[0]
+
+    def execute_batch(self, requests: list, ctx: Context, replies: list) -> None:
+        """Run decoded requests in order, appending each reply map to `replies` as it is made.
+
+        Consecutive plain commands (run under the store lock, neither blocking
+        nor forwarded) share one hold of the lock, up to LOCK_BATCH of them:
+        a pipeline of N requests takes the lock about once, not N times.
+        Lookup and argument parsing happen before the lock is taken. Replies
+        go into `replies` one by one so that a blocking pop can flush the
+        ones before it. Raises only ClientGone.
+        """
+        ctx.commands += len(requests)
+        self._dispatch(requests, ctx, replies)
+
+    def _dispatch(self, requests: list, ctx: Context, replies: list) -> None:
+        """execute_batch without the counting."""
+        count, pos = len(requests), 0
+        while pos < count:
+            run = []       # (request, spec, args); spec None: args is the ready reply
+            special = None  # a command that does not fit in a run: no lock, or blocking
+            while pos < count and len(run) < LOCK_BATCH:
+                request = requests[pos]
+                pos += 1
+                try:
+                    spec = self._resolve(request, ctx)
+                    if not spec.needs_lock or spec.is_blocking:
+                        special = (request, spec)
+                        break
+                    run.append((request, spec, spec.parse(request)))
+                except GeomysError as exc:
+                    run.append((request, None, error_reply(exc)))
+            if run:
+                self._run_locked(run, ctx, replies)
+            if special is not None:
+                replies.append(self._run_special(*special, ctx))
+
+    def _resolve(self, request, ctx: Context):
+        """The spec of a request's command; raise BadRequest, UnknownCommand or AuthRequired."""
+        if type(request) is not dict:
+            raise BadRequest("a request must be a map, got %s" % type(request).__name__)
+        name = request.get("command")
+        spec = lookup(TABLE, name)
+        if spec is None:
+            if type(name) is not str:
+                raise BadRequest("field 'command' is missing or not a string")
+            raise UnknownCommand("unknown command %s" % describe_key(name))
+        if not ctx.authenticated and spec.needs_auth:
+            raise AuthRequired("authentication required: send AUTH first")
+        return spec
+
+    def _run_locked(self, run: list, ctx: Context, replies: list) -> None:
+        """Run parsed plain commands under one hold of the store lock; forward a follower's writes."""
+        store, append = self.store, replies.append
+        k, count = 0, len(run)
+        while k < count:
             with store.lock:
-                # Checked under the lock: the role cannot change between this
-                # test and the write's record reaching the sinks.
-                if self.forwarder is None or not spec.is_write:
-                    ctx.now_ms = self.clock.wall_ms()
-                    try:
-                        return spec.handler(store, ctx, *args)
-                    finally:
+                # Read under the lock: the role cannot change between this test
+                # and a write's record reaching the sinks.
+                forwarder = self.forwarder
+                ctx.now_ms = self.clock.wall_ms()
+                while k < count:
+                    request, spec, args = run[k]
+                    if spec is None:
+                        append(args)
+                    elif forwarder is not None and spec.is_write:
+                        break
+                    else:
+                        try:
+                            reply = spec.handler(store, ctx, *args)
+                        except GeomysError as exc:
+                            reply = error_reply(exc)
+                        except Exception as exc:  # a bug must cost one reply, not the connection
+                            reply = error_reply(exc)
                         if store.effects:
                             self._publish()
                             if spec.is_write:
                                 ctx.write_seq = self.seq
-                        ctx.wait_seq = self.seq
-            return self._forward(request, ctx)
+                        append(reply)
+                    k += 1
+                ctx.wait_seq = self.seq
+            if k < count:
+                append(self._forward(run[k][0], ctx))
+                k += 1
+
+    def _run_special(self, request: dict, spec, ctx: Context) -> dict:
+        """Run a command that takes no lock (PING, AUTH, INFO...) or blocks (BLPOP, BRPOP)."""
+        try:
+            args = spec.parse(request)
+            if spec.is_blocking:
+                return self._execute_blocking(spec, args, ctx, request)
+            return spec.handler(self.store, ctx, *args)
         except GeomysError as exc:
             return error_reply(exc)
         except ClientGone:
@@ -181,8 +247,15 @@ class Engine:
         """Hand a write to the leader (outside the store lock); relay its reply."""
         forwarder = self.forwarder
         if forwarder is None:  # became leader meanwhile: run it here
-            return self.execute(request, ctx)
-        return forwarder(request, ctx)
+            replies: list = []
+            self._dispatch([request], ctx, replies)
+            return replies[0]
+        try:
+            return forwarder(request, ctx)
+        except GeomysError as exc:
+            return error_reply(exc)
+        except Exception as exc:  # a bug must cost one reply, not the connection
+            return error_reply(exc)
 
     def _execute_blocking(self, spec, args, ctx: Context, request: dict) -> dict:
         """Serve BLPOP/BRPOP: pop now, or queue behind earlier waiters until a PUSH or the timeout.

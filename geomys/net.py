@@ -40,7 +40,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.packer = protocol.new_packer()
-        self.pending: list[bytes] = []
+        self.pending: list[dict] = []  # replies not sent yet, packed together by _flush
         self.ctx = Context(self.server.engine, "%s:%s" % self.client_address[:2],
                            before_block=self._flush, is_connected=self._is_connected)
 
@@ -59,7 +59,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
 
     def _serve(self) -> None:
         sock, ctx, engine = self.request, self.ctx, self.server.engine
-        execute, pack, pending = engine.execute, self.packer.pack, self.pending
+        execute_batch, pending = engine.execute_batch, self.pending
         max_bytes = self.server.max_request_bytes
         unpacker = protocol.new_unpacker(max_bytes)
         fed = 0    # bytes fed to the unpacker so far
@@ -88,6 +88,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                                      else protocol.unauthenticated_too_large_reply(limit))
                     return
                 fed += len(chunk)
+                requests = []
                 try:
                     for request in unpacker:
                         start = unpacker.tell()
@@ -96,14 +97,20 @@ class ClientHandler(socketserver.BaseRequestHandler):
                         else:
                             odd_run += 1
                             if odd_run > GARBAGE_RUN:
-                                del pending[-GARBAGE_RUN:]
+                                # Answer none of the run: drop its requests still
+                                # here and the replies of those from earlier chunks.
+                                in_chunk = min(GARBAGE_RUN, len(requests))
+                                del requests[len(requests) - in_chunk:]
+                                execute_batch(requests, ctx, pending)
+                                del pending[len(pending) - (GARBAGE_RUN - in_chunk):]
                                 self._close_with(protocol.not_msgpack_reply())
                                 return
-                        reply = execute(request, ctx)
-                        pending.append(OK_BYTES if reply is OK else pack(reply))
+                        requests.append(request)
                 except protocol.DECODE_ERRORS:
+                    execute_batch(requests, ctx, pending)
                     self._close_with(protocol.not_msgpack_reply())
                     return
+                execute_batch(requests, ctx, pending)
             self._flush()
 
     def _flush(self) -> None:
@@ -114,14 +121,15 @@ class ClientHandler(socketserver.BaseRequestHandler):
             except GeomysError as exc:
                 # The records these replies depend on may never become safe
                 # (e.g. leadership was lost): confirm none of them.
-                self.pending[:] = [self.packer.pack(protocol.error_reply(exc))] * len(self.pending)
-            data = b"".join(self.pending)
+                self.pending[:] = [protocol.error_reply(exc)] * len(self.pending)
+            pack = self.packer.pack
+            data = b"".join([OK_BYTES if reply is OK else pack(reply) for reply in self.pending])
             self.pending.clear()
             self.request.sendall(data)
 
     def _close_with(self, reply: dict) -> None:
         """Answer what was decoded so far, then a final error, and end the connection."""
-        self.pending.append(self.packer.pack(reply))
+        self.pending.append(reply)
         self._flush()
 
     def _is_connected(self) -> bool:

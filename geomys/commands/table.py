@@ -141,6 +141,7 @@ class CommandSpec:
     is_blocking: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_lock: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_auth: bool = dataclass_field(init=False, repr=False, compare=False)
+    _plan: tuple = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: computed once here
@@ -148,23 +149,25 @@ class CommandSpec:
         set_(self, "is_blocking", BLOCKING in self.flags)
         set_(self, "needs_lock", NOLOCK not in self.flags)
         set_(self, "needs_auth", NOAUTH not in self.flags)
+        # The fields as plain tuples: parse runs for every request.
+        set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default) for f in self.fields))
 
-    def parse(self, request: dict) -> tuple:
+    def parse(self, request: dict) -> list:
         """Convert the request's fields to the handler's arguments, or raise BadRequest.
 
         A field that is missing or nil takes its default (or is an error when required).
         """
         args = []
         get = request.get
-        for field in self.fields:
-            raw = get(field.name)
+        for name, convert, required, default in self._plan:
+            raw = get(name)
             if raw is None:
-                if field.required:
-                    raise BadRequest("%s needs the field '%s'" % (self.name, field.name))
-                args.append(field.default)
+                if required:
+                    raise BadRequest("%s needs the field '%s'" % (self.name, name))
+                args.append(default)
             else:
-                args.append(field.convert(raw, field.name))
-        return tuple(args)
+                args.append(convert(raw, name))
+        return args
 
 
 def build_table(*spec_groups) -> dict[str, CommandSpec]:
