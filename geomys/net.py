@@ -91,6 +91,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 requests = []
                 try:
                     for request in unpacker:
+                        start = unpacker.tell()
                         if type(request) is dict:
                             odd_run = 0
                         else:
@@ -105,7 +106,6 @@ class ClientHandler(socketserver.BaseRequestHandler):
                                 self._close_with(protocol.not_msgpack_reply())
                                 return
                         requests.append(request)
-                    start = unpacker.tell()
                 except protocol.DECODE_ERRORS:
                     execute_batch(requests, ctx, pending)
                     self._close_with(protocol.not_msgpack_reply())
