@@ -9,6 +9,7 @@ is always what happened (a served BLPOP is logged as the LPOP it did).
 """
 
 import heapq
+import itertools
 import threading
 from collections import deque
 from typing import Iterator, Optional, Union
@@ -40,6 +41,7 @@ class Store:
         self._data: dict = {}
         self._expires: dict = {}
         self._expiry_heap: list = []
+        self._heap_order = itertools.count()
         self._waiters: dict = {}
 
     # -- lookups (caller holds lock) ---------------------------------------
@@ -82,7 +84,7 @@ class Store:
             self._expires.pop(key, None)
         else:
             self._expires[key] = expire_at_ms
-            heapq.heappush(self._expiry_heap, (expire_at_ms, key))
+            heapq.heappush(self._expiry_heap, (expire_at_ms, next(self._heap_order), key))
         if self.record_effects:
             self.effects.append(("SET", key, value, expire_at_ms))
 
@@ -135,7 +137,8 @@ class Store:
     def sweep(self, now_ms: int, limit: int) -> int:
         """Delete up to `limit` keys whose TTL has passed; return how many went.
 
-        Keys are found through a heap of (expiry, key); entries made stale by a
+        Keys are found through a heap of (expiry, insertion number, key) (the
+        number keeps str and bytes keys from ever being compared); entries made stale by a
         delete or a new TTL are skipped, and the heap is rebuilt when stale
         entries outnumber live ones so it cannot grow without bound.
         """
@@ -144,12 +147,13 @@ class Store:
         heap, expires = self._expiry_heap, self._expires
         removed = 0
         while heap and heap[0][0] <= now_ms and removed < limit:
-            at, key = heapq.heappop(heap)
+            at, _, key = heapq.heappop(heap)
             if expires.get(key) == at:
                 self.delete(key)
                 removed += 1
         if len(heap) > 2 * len(expires) + 1024:
-            self._expiry_heap = [(at, key) for key, at in expires.items()]
+            order = self._heap_order
+            self._expiry_heap = [(at, next(order), key) for key, at in expires.items()]
             heapq.heapify(self._expiry_heap)
         return removed
 
@@ -181,6 +185,7 @@ class Store:
         """Take over `other`'s keys and TTLs, dropping ours; blocked clients stay queued."""
         self.changes += 1
         self._data, self._expires, self._expiry_heap = other._data, other._expires, other._expiry_heap
+        self._heap_order = other._heap_order
         for key, waiters in self._waiters.items():
             if waiters and type(self._data.get(key)) is deque:
                 waiters[0].cond.notify()

@@ -91,6 +91,15 @@ def test_sweep_removes_expired_keys_nobody_reads(store):
     assert sorted(state(store)) == ["forever", "later"]
 
 
+def test_str_and_bytes_keys_with_the_same_expiry_can_share_the_sweep_heap(store):
+    # The heap must never compare the keys themselves: str < bytes raises.
+    store.put("k", "v", EPOCH_MS + 5)
+    store.put(b"\xff", "v", EPOCH_MS + 5)
+    store.put(b"\xfe", "v", EPOCH_MS + 5)
+    assert store.sweep(EPOCH_MS + 5, 10) == 3
+    assert len(store) == 0
+
+
 def test_sweep_removes_at_most_limit_keys_per_call(store):
     for i in range(10):
         store.put("t%d" % i, "v", NOW + 1)
