@@ -9,7 +9,8 @@ How options constrain each other:
   * failure_timeout >= 2 * heartbeat_interval (a node must miss at least two
     heartbeats before it is declared failed);
   * grpc_port defaults to port + 1000 and must differ from port;
-  * a non-loopback host needs requirepass unless protected_mode = no.
+  * a non-loopback host needs requirepass unless protected_mode = no, and a
+    cluster node there needs cluster_secret as well.
 """
 
 import ipaddress
@@ -136,7 +137,8 @@ OPTIONS = (
            "seconds a joining node may take to receive the leader's state and become a member"),
     Option("requirepass", str, None, "password clients must send with AUTH"),
     Option("cluster_secret", str, None, "shared secret required on calls between nodes"),
-    Option("protected_mode", _bool, True, "refuse a non-loopback host without requirepass"),
+    Option("protected_mode", _bool, True,
+           "refuse a non-loopback host without requirepass (and a cluster node there without cluster_secret)"),
     Option("max_request_bytes", _positive_int, 64 * 1024 * 1024, "largest request accepted, in bytes"),
     Option("max_clients", _positive_int, 10000, "most client connections at once"),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -255,6 +257,12 @@ def validate(values: dict) -> Config:
     if values["protected_mode"] and not values["requirepass"] and not _is_loopback(values["host"]):
         raise ConfigError("refusing to listen on %s without requirepass (protected_mode is on); "
                           "set requirepass, or protected_mode = no" % values["host"])
+    if (values["protected_mode"] and (values["bootstrap"] or values["join"]) and not values["cluster_secret"]
+            and not _is_loopback(values["host"])):
+        # The gRPC port takes forwarded writes without AUTH: on a reachable
+        # address only the secret keeps strangers from writing through it.
+        raise ConfigError("refusing to run a cluster node on %s without cluster_secret (protected_mode is on); "
+                          "set cluster_secret, or protected_mode = no" % values["host"])
     values["persistence_path"] = os.path.expanduser(values["persistence_path"])
     if values["log_file"]:
         values["log_file"] = os.path.expanduser(values["log_file"])

@@ -19,6 +19,7 @@ from .errors import GeomysError, InternalError
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+SEND_SLICE_BYTES = 1024 * 1024
 # A well-formed value that is not a map gets a BAD_REQUEST and the connection
 # stays open; a long run of them in one read is text or noise, not a client
 # speaking MessagePack, and is treated like undecodable bytes.
@@ -122,10 +123,21 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 # The records these replies depend on may never become safe
                 # (e.g. leadership was lost): confirm none of them.
                 self.pending[:] = [protocol.error_reply(exc)] * len(self.pending)
-            pack = self.packer.pack
-            data = b"".join([OK_BYTES if reply is OK else pack(reply) for reply in self.pending])
+            pack, send = self.packer.pack, self.request.sendall
+            # Packed and sent a slice at a time: a client that pipelines many
+            # reads of a big value and never reads the answers blocks this
+            # thread in sendall instead of growing the server's memory.
+            out, size = [], 0
+            for reply in self.pending:
+                data = OK_BYTES if reply is OK else pack(reply)
+                out.append(data)
+                size += len(data)
+                if size >= SEND_SLICE_BYTES:
+                    send(b"".join(out))
+                    out, size = [], 0
             self.pending.clear()
-            self.request.sendall(data)
+            if out:
+                send(b"".join(out))
 
     def _close_with(self, reply: dict) -> None:
         """Answer what was decoded so far, then a final error, and end the connection."""

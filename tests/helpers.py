@@ -111,6 +111,39 @@ class RawClient:
         self.close()
 
 
+def read_until_closed(client: RawClient, limit: int = 100) -> list:
+    """Read replies until the server closes the connection (at most `limit`)."""
+    replies = []
+    try:
+        while len(replies) < limit:
+            replies.append(client.read())
+    except (EOFError, ConnectionResetError):
+        return replies
+    raise AssertionError("the server kept the connection open after %d replies" % limit)
+
+
+def frame_of_size(size: int, **fields) -> bytes:
+    """A SET request padded with a filler value to exactly `size` bytes."""
+    for pad in range(size, -1, -1):
+        frame = msgpack.packb({"command": "SET", "key": "k", "value": "x" * pad, **fields})
+        if len(frame) == size:
+            return frame
+    raise AssertionError("no frame of %d bytes" % size)
+
+
+def process_status(pid: int, field: str) -> int:
+    """A number from /proc/PID/status: `Threads`, or a memory figure in kB such as `VmRSS` or `VmHWM`."""
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
+def process_threads(pid: int) -> int:
+    """How many threads process `pid` runs now."""
+    return process_status(pid, "Threads")
+
+
 class ServerProcess:
     """One `geomys` process started by a test, with its own config file and log."""
 
@@ -123,7 +156,12 @@ class ServerProcess:
         self.log_path = self.workdir / ("geomys-%d.log" % self.port)
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, wait: bool = True, extra_args=(), env=None) -> "ServerProcess":
+    def start(self, wait: bool = True, extra_args=(), env=None,
+              preexec_fn: Optional[Callable[[], None]] = None) -> "ServerProcess":
+        """Write the config file and start the process; `preexec_fn` runs in the child before exec.
+
+        (`preexec_fn` is how a test puts a resource limit on the server alone.)
+        """
         lines = ["%s = %s" % (k, _conf_value(v)) for k, v in self.options.items() if v is not None]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.log = open(self.log_path, "ab")
@@ -131,7 +169,8 @@ class ServerProcess:
         full_env.pop("GEOMYS_PORT", None)
         self.proc = subprocess.Popen(
             geomys_command() + ["--config", str(self.config_path), *extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env)
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
+            preexec_fn=preexec_fn)
         if wait:
             self.wait_ready()
         return self
@@ -189,6 +228,21 @@ class ServerProcess:
             self.kill()
         if getattr(self, "log", None):
             self.log.close()
+
+
+def connected_clients(server: ServerProcess) -> int:
+    """The server's count of client connections, the INFO call's own included."""
+    return server.info()["connected_clients"]
+
+
+def wait_only_info_connection(server: ServerProcess) -> None:
+    """Wait until the only client the server counts is the INFO call asking.
+
+    A connection a test just closed is counted until its handler thread has
+    seen the end of it, so counts are compared only once they settled.
+    """
+    wait_until(lambda: connected_clients(server) == 1, timeout=10,
+               message="the server to count only the INFO connection")
 
 
 def _conf_value(value) -> str:

@@ -4,6 +4,7 @@
 Called from the cluster's ticker, sender and client-handler threads.
 """
 
+import hmac
 import threading
 from typing import Iterator, Optional
 
@@ -82,7 +83,7 @@ def _describe(exc: grpc.RpcError) -> str:
 
 
 class SecretInterceptor(grpc.ServerInterceptor):
-    """Refuses every call that does not carry the cluster secret."""
+    """Refuses every call that does not carry the cluster secret (compared in constant time)."""
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
@@ -95,6 +96,7 @@ class SecretInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get(SECRET_HEADER) == self._secret:
+        given = metadata.get(SECRET_HEADER)
+        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._secret.encode()):
             return continuation(handler_call_details)
         return self._deny_stream if handler_call_details.method.endswith("/Sync") else self._deny

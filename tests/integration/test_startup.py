@@ -3,9 +3,11 @@ status 2 and one line on stderr, `python -m geomys`, the loopback default
 bind, and options from the environment.
 """
 
+import fcntl
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -117,8 +119,43 @@ def test_an_invalid_option_exits_2_with_one_line_on_stderr(env, args, mention):
     assert_refused(run_to_exit(args, env), mention)
 
 
-def test_protected_mode_refuses_a_public_bind_without_requirepass(env):
-    assert_refused(run_to_exit(["--host", "0.0.0.0", "--port", str(free_port())], env), "requirepass")
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+@pytest.fixture(scope="module")
+def public_host() -> str:
+    """An IPv4 address of this host outside 127/8, else 0.0.0.0 (every interface)."""
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address on this interface
+                continue
+        address = socket.inet_ntoa(answer[20:24])
+        if not address.startswith("127."):
+            return address
+    return "0.0.0.0"
+
+
+def test_protected_mode_refuses_a_public_bind_without_requirepass(env, public_host):
+    for host in sorted({public_host, "0.0.0.0"}):
+        assert_refused(run_to_exit(["--host", host, "--port", str(free_port())], env), "requirepass")
+
+
+@pytest.mark.parametrize("options", [{"protected_mode": False}, {"requirepass": "pw"}],
+                         ids=["protected_mode-no", "requirepass"])
+def test_a_public_bind_starts_with_protected_mode_off_or_with_requirepass(start_server, public_host, options):
+    server = start_server(wait=False, host=public_host, **options)
+    expected = socket.inet_aton(public_host)[::-1].hex().upper()  # as /proc/net/tcp writes it
+
+    def listening() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError("geomys exited with %s:\n%s" % (server.proc.returncode, server.log_text()))
+        return listening_sockets(server.port) == [expected]
+    # Nothing is sent to a public address: listening there and stopping
+    # cleanly on SIGTERM is what starting means here.
+    wait_until(listening, timeout=20, message="geomys listening on %s:%d" % (public_host, server.port))
+    assert server.stop() == 0
 
 
 def test_python_dash_m_geomys_runs_the_server(spawn):

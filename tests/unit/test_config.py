@@ -192,6 +192,17 @@ def test_a_public_host_is_allowed_with_requirepass_or_protected_mode_off():
     assert load("--host", "0.0.0.0", "--protected_mode", "no").host == "0.0.0.0"
 
 
+@pytest.mark.parametrize("mode", [("--bootstrap",), ("--join", "127.0.0.1:7001")])
+def test_protected_mode_refuses_a_public_cluster_node_without_cluster_secret(capsys, mode):
+    assert_exit_2(capsys, "--host", "0.0.0.0", "--requirepass", "pw", *mode,
+                  mentions=["0.0.0.0", "cluster_secret"])
+
+
+def test_a_public_cluster_node_is_allowed_with_cluster_secret_or_protected_mode_off():
+    assert load("--host", "0.0.0.0", "--requirepass", "pw", "--bootstrap", "--cluster_secret", "s").bootstrap
+    assert load("--host", "0.0.0.0", "--bootstrap", "--protected_mode", "no").bootstrap
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "::1", "localhost"])
 def test_loopback_hosts_need_no_password(host):
     assert load("--host", host).host == host
