@@ -4,7 +4,8 @@ Every server is started on free 127.0.0.1 ports in its own session (so a
 Ctrl-C on the terminal reaches only the script, which then stops each server
 by the PID it started), and every wait is bounded by a monotonic deadline.
 Imports only msgpack and the standard library; used from the main thread of
-scripts/bench.py, scripts/failover_time.py and scripts/memory_bench.py.
+scripts/bench.py, scripts/failover_time.py and scripts/memory_bench.py, and by
+scripts/faults.py to write its results.
 """
 
 import argparse

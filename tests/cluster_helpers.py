@@ -3,8 +3,9 @@
 `Cluster` starts N nodes with short timings, reads INFO to find the leader and
 to wait until every node agrees; `WriteLoad` runs client threads that record
 every acknowledged write and retry elsewhere on NO_LEADER or a dropped
-connection. Every wait is bounded (tests.helpers.wait_until); processes are
-signalled by the PID this module started, never by name.
+connection; `ClusterMonitor` polls INFO in the background to follow terms and
+leaders over time. Every wait is bounded (tests.helpers.wait_until); processes
+are signalled by the PID this module started, never by name.
 """
 
 import itertools
@@ -13,7 +14,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 from tests.helpers import HOST, RawClient, ServerProcess, wait_until
 
@@ -83,10 +84,15 @@ class Cluster:
         self.dead.discard(node_id)
         return node
 
-    def start(self, size: int = 3, first_id: int = 1) -> "Cluster":
-        """Bootstrap node `first_id`, join the others one by one, wait until all are members."""
-        self._process(first_id, bootstrap=True).start()
-        for node_id in range(first_id + 1, first_id + size):
+    def start(self, size: int = 3, first_id: int = 1, ids: Optional[Sequence[int]] = None) -> "Cluster":
+        """Bootstrap the first node, join the others one by one, wait until all are members.
+
+        The nodes are `ids` in that order (the first one leads), by default
+        `size` ids counting from `first_id`.
+        """
+        ids = list(ids) if ids is not None else list(range(first_id, first_id + size))
+        self._process(ids[0], bootstrap=True).start()
+        for node_id in ids[1:]:
             self.add_node(node_id)
         return self
 
@@ -119,6 +125,17 @@ class Cluster:
         self.dead.add(node_id)
         self.paused.discard(node_id)
 
+    def restart(self, node_id: int) -> ServerProcess:
+        """Start a killed node again under its id; wait until it is a member again.
+
+        The cluster refuses an id it still lists, so this first waits until the
+        leader has removed the dead node; the node then joins like a new one
+        (on a new port) and takes the leader's state.
+        """
+        self.wait_members([n for n in self.live_ids() if n != node_id])
+        self.nodes[node_id].cleanup()
+        return self.add_node(node_id)
+
     def pause(self, node_id: int) -> None:
         self.nodes[node_id].pause()
         self.paused.add(node_id)
@@ -129,7 +146,8 @@ class Cluster:
 
     def live_ids(self) -> list[int]:
         """Ids of the nodes started and neither killed nor exited, smallest first."""
-        return sorted(n for n, p in self.nodes.items()
+        # A copy: client threads ask while the test adds nodes.
+        return sorted(n for n, p in list(self.nodes.items())
                       if n not in self.dead and p.proc is not None and p.proc.poll() is None)
 
     def running_ids(self) -> list[int]:
@@ -241,23 +259,33 @@ class Cluster:
 class WriteLoad:
     """Client threads writing unique SET keys and per-thread INCR counters, recording every ack.
 
-    Each thread alternates `SET <prefix>-<thread>-<i>` and `INCR <prefix>-counter-<thread>`.
-    On NO_LEADER or a dropped/timed-out connection it moves to the next port
-    that `ports()` returns (unless `sticky`) and retries the same operation,
-    so a write whose first attempt was applied may come back KEY_EXISTS: that
-    reply also proves the key exists (replies reveal only committed writes),
-    and it is recorded as confirmed.
+    Each thread alternates `SET <prefix>-<thread>-<i>` and `incrs_per_set`
+    times `INCR <prefix>-counter-<thread>`, as fast as replies come or at
+    `rate` operations a second. On NO_LEADER or a dropped/timed-out
+    connection it moves to the next port that `ports()` returns (unless
+    `sticky`) and retries the same operation, so a write whose first attempt
+    was applied may come back KEY_EXISTS. That reply is recorded as
+    confirmed, and checked like an acknowledgement when `key_exists_confirms`
+    (replies reveal only committed writes). Not so where a leader may be
+    deposed under the load: it answers like a follower, from writes of its
+    own that were never confirmed and that the new leader discards
+    (docs/cluster.md). A thread's INCR replies must keep growing: one that
+    does not is noted in `incr_regressions`.
     """
 
     def __init__(self, ports: Callable[[], list[int]], threads: int = 4, prefix: str = "load",
                  value_size: int = 16, socket_timeout: float = 2.0, sticky: bool = False,
-                 pause_after_error: float = 0.02) -> None:
+                 pause_after_error: float = 0.02, rate: Optional[float] = None, incrs_per_set: int = 1,
+                 key_exists_confirms: bool = True) -> None:
         self.ports = ports
         self.prefix = prefix
         self.value_size = value_size
         self.socket_timeout = socket_timeout
         self.sticky = sticky
         self.pause_after_error = pause_after_error
+        self.interval = 1.0 / rate if rate else 0.0
+        self.incrs_per_set = incrs_per_set
+        self.key_exists_confirms = key_exists_confirms
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.acked_sets: dict[str, str] = {}         # key -> value, acknowledged OK
@@ -266,8 +294,11 @@ class WriteLoad:
         self.acked_incrs = [0] * threads             # INCRs acknowledged per thread
         self.attempted_incrs = [0] * threads         # INCRs sent at least once (upper bound)
         self.last_incr_value = [0] * threads
+        self.incr_regressions: list[tuple[int, int, int]] = []   # (thread, value seen before, smaller reply)
+        self.acks: list[tuple[float, float]] = []    # (sent, answered), monotonic, of every OK
         self.errors: dict[str, int] = {}
         self.unexpected: list = []
+        self.stopped_at: Optional[float] = None     # time.monotonic() when the last thread ended
         self._threads = [threading.Thread(target=self._run, args=(t,), name="load-%d" % t, daemon=True)
                          for t in range(threads)]
 
@@ -285,6 +316,7 @@ class WriteLoad:
             thread.join(max(deadline - time.monotonic(), 0.1))
         alive = [t.name for t in self._threads if t.is_alive()]
         assert not alive, "load threads did not stop: %s" % alive
+        self.stopped_at = time.monotonic()
 
     def __enter__(self) -> "WriteLoad":
         return self.start()
@@ -311,20 +343,34 @@ class WriteLoad:
         wait_until(lambda: self.acked >= count, timeout, 0.05,
                    "%d acknowledged writes (errors so far: %s)" % (count, self.errors))
 
-    def check(self, data: dict, where: str = "") -> None:
-        """Assert that `data` (key -> value from one node) holds every acknowledged write."""
+    def first_ack_after(self, since: float) -> Optional[float]:
+        """Seconds from `since` to the first acknowledgement of a write sent after it (None: none yet)."""
         with self._lock:
-            sets = dict(self.acked_sets, **self.confirmed_sets)
+            answered = [a for s, a in self.acks if s >= since]
+        return min(answered) - since if answered else None
+
+    def discrepancies(self, data: dict) -> list[str]:
+        """What `data` (key -> value from one node) gets wrong: acknowledged writes it lacks, impossible counters."""
+        with self._lock:
+            sets = dict(self.acked_sets, **(self.confirmed_sets if self.key_exists_confirms else {}))
             acked_incrs, attempted = list(self.acked_incrs), list(self.attempted_incrs)
             last = list(self.last_incr_value)
-        missing = sorted(k for k, v in sets.items() if data.get(k) != v)
-        assert not missing, "%s: %d acknowledged SETs missing or wrong, e.g. %s" % (
-            where, len(missing), [(k, sets[k], data.get(k)) for k in missing[:5]])
+        wrong = ["SET %s: acknowledged %r, found %r" % (k, v, data.get(k))
+                 for k, v in sorted(sets.items()) if data.get(k) != v]
         for t, (acked, tried, seen) in enumerate(zip(acked_incrs, attempted, last)):
             value = int(data.get(self.counter_key(t)) or 0)
-            assert value >= acked, "%s: counter %d is %d but %d INCRs were acknowledged" % (where, t, value, acked)
-            assert value >= seen, "%s: counter %d is %d but a reply already showed %d" % (where, t, value, seen)
-            assert value <= tried, "%s: counter %d is %d but only %d INCRs were sent" % (where, t, value, tried)
+            if value < acked:
+                wrong.append("counter %d is %d but %d INCRs were acknowledged" % (t, value, acked))
+            if value < seen:
+                wrong.append("counter %d is %d but a reply already showed %d" % (t, value, seen))
+            if value > tried:
+                wrong.append("counter %d is %d but only %d INCRs were sent" % (t, value, tried))
+        return wrong
+
+    def check(self, data: dict, where: str = "") -> None:
+        """Assert that `data` (key -> value from one node) holds every acknowledged write."""
+        wrong = self.discrepancies(data)
+        assert not wrong, "%s: %d acknowledged writes missing or wrong, e.g. %s" % (where, len(wrong), wrong[:5])
 
     # -- the client threads --------------------------------------------------------------
 
@@ -337,6 +383,7 @@ class WriteLoad:
         rotation = itertools.count(t)
         ops = self._operations(t)
         op = next(ops)
+        due = time.monotonic()
         while not self._stop.is_set():
             if client is None:
                 ports = self.ports()
@@ -354,6 +401,7 @@ class WriteLoad:
             if op["command"] == "INCR":
                 with self._lock:
                     self.attempted_incrs[t] += 1   # every send may apply: an upper bound
+            sent = time.monotonic()
             try:
                 reply = client.call(op["command"], **{k: v for k, v in op.items() if k != "command"})
             except (socket.timeout, TimeoutError):
@@ -367,8 +415,12 @@ class WriteLoad:
                 client = None
                 self._stop.wait(self.pause_after_error)
                 continue
-            if self._record(t, op, reply):
+            if self._record(t, op, reply, sent):
                 op = next(ops)
+                if self.interval:
+                    # A steady rate: one operation per interval, and no burst to make up for a stall.
+                    due = max(due + self.interval, time.monotonic())
+                    self._stop.wait(due - time.monotonic())
             else:
                 client.close()
                 client = None
@@ -380,18 +432,23 @@ class WriteLoad:
         for i in itertools.count():
             value = ("v%d-%d-" % (t, i)).ljust(self.value_size, "x")
             yield {"command": "SET", "key": "%s-%d-%d" % (self.prefix, t, i), "value": value}
-            yield {"command": "INCR", "key": self.counter_key(t)}
+            for _ in range(self.incrs_per_set):
+                yield {"command": "INCR", "key": self.counter_key(t)}
 
-    def _record(self, t: int, op: dict, reply: dict) -> bool:
+    def _record(self, t: int, op: dict, reply: dict, sent: float) -> bool:
         """Note the outcome; return True to go on with the next operation, False to retry elsewhere."""
         status, code = reply.get("status"), reply.get("code")
+        answered = time.monotonic()
         with self._lock:
             if status == "OK":
+                self.acks.append((sent, answered))
                 if op["command"] == "SET":
                     self.acked_sets[op["key"]] = op["value"]
-                    self.acked_at[op["key"]] = time.monotonic()
+                    self.acked_at[op["key"]] = answered
                 else:
                     self.acked_incrs[t] += 1
+                    if reply["value"] <= self.last_incr_value[t]:
+                        self.incr_regressions.append((t, self.last_incr_value[t], reply["value"]))
                     self.last_incr_value[t] = max(self.last_incr_value[t], reply["value"])
                 return True
             if op["command"] == "SET" and code == "KEY_EXISTS":
@@ -402,3 +459,90 @@ class WriteLoad:
             with self._lock:
                 self.unexpected.append((op, reply))
         return False
+
+
+class NodeView(NamedTuple):
+    """What one INFO said about a node's place in the cluster."""
+
+    port: int           # tells incarnations apart: a restarted node has a new port
+    role: str
+    term: int
+    leader_id: Optional[int]
+    members: int
+
+
+class ClusterMonitor:
+    """Polls INFO on every running node from a thread, to follow terms and leaders over time.
+
+    Each round keeps a NodeView per node that answered (None for one that did
+    not). INFO hashes every key for its digest, so rounds are spaced by
+    `interval` to keep the cost small beside the load under test.
+    """
+
+    def __init__(self, cluster: Cluster, interval: float = 0.3, timeout: float = 1.0) -> None:
+        self.cluster = cluster
+        self.interval = interval
+        self.timeout = timeout
+        self.rounds: list[dict[int, Optional[NodeView]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cluster-monitor", daemon=True)
+
+    def start(self) -> "ClusterMonitor":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:   # started
+            self._thread.join(self.timeout * (len(self.cluster.nodes) + 1) + self.interval)
+            assert not self._thread.is_alive(), "the cluster monitor did not stop"
+
+    def __enter__(self) -> "ClusterMonitor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            views = {}
+            for node_id in self.cluster.running_ids():
+                node = self.cluster.nodes[node_id]
+                info = try_info(node, self.timeout)
+                views[node_id] = None if info is None else NodeView(
+                    node.port, info["role"], info["term"], info["leader_id"], len(info["nodes"]))
+            self.rounds.append(views)
+
+    @staticmethod
+    def leader_of(views: dict[int, Optional[NodeView]]) -> Optional[int]:
+        """The node that says it leads and that a majority of its membership follows at its term, if any."""
+        for node_id, view in views.items():
+            if view is not None and view.role == "leader":
+                followers = sum(1 for v in views.values()
+                                if v is not None and v.leader_id == node_id and v.term == view.term)
+                if followers >= view.members // 2 + 1:
+                    return node_id
+        return None
+
+    def leader_present_fraction(self) -> float:
+        """The share of rounds in which a leader with a majority behind it was seen."""
+        assert self.rounds, "the monitor saw no round"
+        return sum(1 for views in self.rounds if self.leader_of(views) is not None) / len(self.rounds)
+
+    def term_regressions(self) -> list[str]:
+        """Every time a node (one incarnation of it) answered with a lower term than before."""
+        last: dict[tuple[int, int], int] = {}
+        regressions = []
+        for number, views in enumerate(self.rounds):
+            for node_id, view in views.items():
+                if view is None:
+                    continue
+                before = last.get((node_id, view.port))
+                if before is not None and view.term < before:
+                    regressions.append("round %d: node %d went from term %d to %d"
+                                       % (number, node_id, before, view.term))
+                last[(node_id, view.port)] = view.term
+        return regressions
+
+    def highest_term(self) -> int:
+        return max((v.term for views in self.rounds for v in views.values() if v is not None), default=0)

@@ -85,6 +85,9 @@ class ClusterNode:
         self.safe_seq = 0          # highest seq a reply may reveal (leader: committed)
         self.acked: dict[int, int] = {}   # leader: follower id -> last seq it applied
         self.learners: dict[int, NodeAddress] = {}
+        # Every node any member list named: a deposed leader's own uncommitted list may
+        # lack the new leader, and it must still reach that leader to be synced back.
+        self._known: dict[int, NodeAddress] = {}
         self.epoch = 0             # bumped at each leadership change; senders of old epochs stop
         self.syncing = False
         self.stats = {"syncs_full_served": 0, "syncs_incremental_served": 0,
@@ -253,7 +256,7 @@ class ClusterNode:
         return [n for n in list(self.state.members) + list(self.learners) if n != self.me.node_id]
 
     def _address_of(self, node_id: int) -> Optional[str]:
-        node = self.state.members.get(node_id) or self.learners.get(node_id)
+        node = self.state.members.get(node_id) or self.learners.get(node_id) or self._known.get(node_id)
         return node.grpc_address if node else None
 
     # -- the engine's record sink ------------------------------------------------------
@@ -296,6 +299,7 @@ class ClusterNode:
         """Adopt a new membership (from a MEMBERS record)."""
         state = self.state
         state.members = members
+        self._known.update(members)
         for node_id in members:
             self.learners.pop(node_id, None)
         if state.role == LEARNER and self.me.node_id in members:
@@ -762,8 +766,10 @@ class ClusterNode:
         if address is None:
             return
         try:
+            # The ticker waits for this call: with the full rpc_timeout, a paused leader would
+            # hold up noticing its failure (and the election) by that much.
             reply = self.peers.call(address, "Heartbeat", pb.HeartbeatRequest(
-                node_id=self.me.node_id, term=self.state.term, last_seq=self.engine.seq))
+                node_id=self.me.node_id, term=self.state.term, last_seq=self.engine.seq), self.election_timeout)
         except PeerUnavailable as exc:
             logger.debug("heartbeat to node %d failed: %s", leader_id, exc)
             return

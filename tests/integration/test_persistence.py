@@ -1,39 +1,27 @@
-"""Persistence end to end: real geomys processes writing, crashing (kill -9) and replaying their AOF.
+"""Persistence end to end: real geomys processes writing, stopping and replaying their AOF.
 
 Each test starts servers through the start_server fixture with its own
 persistence_path under tmp_path. Load runs until a condition is met (enough
-acknowledged writes) rather than for a fixed time; the only sleeps are the
-short, bounded pauses that place a kill -9 inside a compaction.
+acknowledged writes) rather than for a fixed time. Crashes, damaged files and
+a full disk are the fault-injection scenarios of
+tests/faults/test_persistence_faults.py.
 """
 
 import os
-import struct
-import subprocess
-import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import pytest
 
 from geomys.aof import HEADER
-from tests.helpers import RawClient, geomys_command, wait_until
+from tests.cluster_helpers import WriteLoad, get_many
+from tests.helpers import RawClient, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def start_aof_server(start_server, tmp_path, mode, **options):
     return start_server(persistence=mode, persistence_path=str(tmp_path / "db.aof"), **options)
-
-
-def record_offsets(data: bytes) -> list[int]:
-    """Start offset of every frame in an AOF image (4-byte length, 4-byte CRC, payload)."""
-    offsets, offset = [], len(HEADER)
-    while offset < len(data):
-        offsets.append(offset)
-        offset += 8 + struct.unpack_from(">I", data, offset)[0]
-    assert offset == len(data)
-    return offsets
 
 
 def pipeline(client: RawClient, requests: list[dict]) -> list[dict]:
@@ -133,181 +121,23 @@ def test_flushdb_in_writethrough_mode_empties_the_file_before_replying(start_ser
     assert server.info()["keys"] == 0
 
 
-# -- crashes under load ---------------------------------------------------------------------
-
-
-class Writers:
-    """Client threads that write as fast as they can, each recording its acknowledged writes."""
-
-    def __init__(self, port: int, prefix: str, threads: int) -> None:
-        self.port = port
-        self.prefix = prefix
-        self.acked_sets: dict[str, tuple[str, float]] = {}   # key -> (value, monotonic ack time)
-        self.acked_counters: dict[str, int] = {}             # key -> last acknowledged value
-        self.acked_pushes: dict[str, int] = {}               # key -> acknowledged pushes
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(threads)]
-
-    def __enter__(self) -> "Writers":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-        assert not any(t.is_alive() for t in self.threads)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.acked_sets) + sum(self.acked_pushes.values()) + len(self.acked_counters)
-
-    def _run(self, t: int) -> None:
-        counter, queue = "%s-counter-%d" % (self.prefix, t), "%s-queue-%d" % (self.prefix, t)
-        try:
-            with RawClient(self.port, timeout=10) as client:
-                i = 0
-                while not self.stop.is_set():
-                    key = "%s-%d-%d" % (self.prefix, t, i)
-                    if client.call("SET", key=key, value=str(i))["status"] == "OK":
-                        with self.lock:
-                            self.acked_sets[key] = (str(i), time.monotonic())
-                    if i % 4 == 0:
-                        reply = client.call("INCR", key=counter)
-                        if reply["status"] == "OK":
-                            with self.lock:
-                                self.acked_counters[counter] = reply["value"]
-                    if i % 4 == 2 and client.call("PUSH", key=queue, value=str(i))["status"] == "OK":
-                        with self.lock:
-                            self.acked_pushes[queue] = self.acked_pushes.get(queue, 0) + 1
-                    i += 1
-        except (EOFError, OSError):
-            return  # the server was killed under us
-
-
-def test_kill_9_under_concurrent_writethrough_load_loses_no_acknowledged_write(start_server, tmp_path):
-    server = start_aof_server(start_server, tmp_path, "writethrough")
-    rounds = []
-    for repetition in range(3):
-        with Writers(server.port, "r%d" % repetition, threads=8) as writers:
-            wait_until(lambda: writers.count() >= 1500, timeout=30, message="1500 acknowledged writes")
-            server.kill()
-        rounds.append(writers)
-        server.start()
-        with server.client() as client:
-            for done in rounds:
-                check_strings(client, {k: v for k, (v, _) in done.acked_sets.items()})
-                for key, value in done.acked_counters.items():
-                    assert int(ok(client.call("GET", key=key))["value"]) >= value
-                for key, pushes in done.acked_pushes.items():
-                    assert client.call("LLEN", key=key)["value"] >= pushes
-
-
-def test_kill_9_in_buffered_mode_loses_only_writes_of_the_last_flush_interval(start_server, tmp_path):
-    interval = 0.2
-    server = start_aof_server(start_server, tmp_path, "buffered", flush_interval_ms=int(interval * 1000))
-    with Writers(server.port, "b", threads=8) as writers:
-        started = time.monotonic()
-        wait_until(lambda: writers.count() >= 3000 and time.monotonic() - started >= 6 * interval,
-                   timeout=30, message="3000 acknowledged writes over several flush intervals")
-        killed_at = time.monotonic()
-        server.kill()
-    server.start()
-    acked = writers.acked_sets
-    keys = list(acked)
-    with server.client() as client:
-        replies = pipeline(client, [{"command": "GET", "key": k} for k in keys])
-    missing = [k for k, r in zip(keys, replies) if r.get("value") != acked[k][0]]
-    assert len(missing) < len(keys) / 2
-    # A write waits at most one interval for its flush; the second interval and
-    # the slack absorb the flush itself and scheduling on a loaded machine.
-    too_old = [k for k in missing if acked[k][1] < killed_at - 2 * interval - 0.3]
-    assert not too_old, "%d lost writes were acknowledged over 2 intervals before the kill" % len(too_old)
+# -- a clean stop under load -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["buffered", "writethrough"])
 def test_a_clean_stop_under_load_loses_no_acknowledged_write(start_server, tmp_path, mode):
     server = start_aof_server(start_server, tmp_path, mode, flush_interval_ms=60_000)
-    with Writers(server.port, "s", threads=8) as writers:
-        wait_until(lambda: writers.count() >= 1000, timeout=30, message="1000 acknowledged writes")
+    load = WriteLoad(lambda: [server.port], threads=8, prefix="s", sticky=True).start()
+    try:
+        load.wait_acked(1000, timeout=30)
         assert server.stop() == 0
+    finally:
+        load.stop()
     server.start()
-    with server.client() as client:
-        check_strings(client, {k: v for k, (v, _) in writers.acked_sets.items()})
-        for key, value in writers.acked_counters.items():
-            assert int(ok(client.call("GET", key=key))["value"]) >= value
-        for key, pushes in writers.acked_pushes.items():
-            assert client.call("LLEN", key=key)["value"] >= pushes
+    load.check(get_many(server.port, load.all_keys()), "after a clean stop under load")
 
 
-# -- damaged files -----------------------------------------------------------------------------
-
-
-def write_and_stop(server, count: int = 20) -> bytes:
-    """Write `count` keys and a final `last` key, stop cleanly, return the file image."""
-    with server.client() as client:
-        for i in range(count):
-            ok(client.call("SET", key="k%d" % i, value="value %d" % i))
-        ok(client.call("SET", key="last", value="L" * 40))
-    assert server.stop() == 0
-    return Path(server.options["persistence_path"]).read_bytes()
-
-
-def test_a_torn_tail_is_cut_at_the_last_whole_record_when_the_server_starts(start_server, tmp_path):
-    server = start_aof_server(start_server, tmp_path, "writethrough")
-    image = write_and_stop(server)
-    path = tmp_path / "db.aof"
-    last = record_offsets(image)[-1]
-    torn_tails = [image[:last + 1], image[:last + 20], image[:-1],
-                  image[:last + 7] + b"\0" * 3000, image + b"\0" * 3000]
-    for torn in torn_tails:
-        path.write_bytes(torn)
-        server.start()
-        with server.client() as client:
-            check_strings(client, {"k%d" % i: "value %d" % i for i in range(20)})
-            if torn.startswith(image):
-                assert ok(client.call("GET", key="last"))["value"] == "L" * 40
-            else:
-                assert client.call("GET", key="last")["code"] == "NOT_FOUND"
-        server.kill()  # nothing was written since the start: a clean stop would only be slower
-        kept = len(image) if torn.startswith(image) else last
-        assert "torn tail: dropped %d bytes" % (len(torn) - kept) in server.log_text()
-
-
-def test_a_flipped_byte_mid_file_stops_the_start_naming_the_offset_and_repair_cuts_there(
-        start_server, tmp_path):
-    server = start_aof_server(start_server, tmp_path, "writethrough")
-    image = write_and_stop(server)
-    path = tmp_path / "db.aof"
-    offsets = record_offsets(image)
-    damaged = offsets[10]
-    corrupt = bytearray(image)
-    corrupt[damaged + 12] ^= 0xFF
-    path.write_bytes(bytes(corrupt))
-
-    server.start(wait=False)
-    assert server.proc.wait(20) == 2
-    log = server.log_text()
-    assert "byte offset %d" % damaged in log
-    assert "geomys --persistence_path %s --repair" % path in log
-    assert path.read_bytes() == bytes(corrupt)
-
-    env = dict(os.environ, HOME=str(tmp_path))
-    result = subprocess.run(geomys_command() + ["--persistence_path", str(path), "--repair"],
-                            env=env, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert "byte offset %d" % damaged in result.stderr
-    backups = list(tmp_path.glob("db.aof.bak-*"))
-    assert len(backups) == 1 and backups[0].read_bytes() == bytes(corrupt)
-    assert path.read_bytes() == image[:damaged]
-
-    server.start()
-    with server.client() as client:
-        check_strings(client, {"k%d" % i: "value %d" % i for i in range(10)})
-        assert client.call("EXISTS", key="k10")["value"] == 0
-        assert client.call("INFO")["value"]["persistence"]["records_replayed"] == 10
+# -- one server per file ----------------------------------------------------------------------
 
 
 def test_a_second_server_on_the_same_file_refuses_to_start(start_server, tmp_path):
@@ -383,37 +213,6 @@ def test_the_file_is_compacted_automatically_past_both_thresholds(start_server, 
     with server.client() as client:
         check_strings(client, strings)
         assert drain_list(client, "queue") == lists["queue"]
-
-
-def test_kill_9_during_compaction_replays_to_a_correct_state(start_server, tmp_path):
-    server = start_aof_server(start_server, tmp_path, "writethrough")
-    dataset = {"key%06d" % i: "%06d" % i + "v" * 120 for i in range(30_000)}
-    with server.client() as client:
-        for reply in pipeline(client, [{"command": "SET", "key": k, "value": v} for k, v in dataset.items()]):
-            ok(reply)
-        for reply in pipeline(client, [{"command": "INCR", "key": "churn"} for _ in range(20_000)]):
-            ok(reply)
-    dataset["churn"] = "20000"
-    killed_mid_compaction = 0
-    rounds = []
-    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
-        with Writers(server.port, "c%d" % len(rounds), threads=2) as writers:
-            wait_until(lambda: writers.count() >= 20, timeout=10, message="writers to start")
-            with server.client() as client:
-                client.send({"command": "COMPACT"})
-                time.sleep(delay)  # places the kill at a different step of the compaction each round
-                killed_mid_compaction += (tmp_path / "db.aof.compact-tmp").exists()
-                server.kill()
-        rounds.append(writers)
-        server.start()
-        with server.client() as client:
-            check_strings(client, dataset)
-            for done in rounds:
-                check_strings(client, {k: v for k, (v, _) in done.acked_sets.items()})
-                for key, value in done.acked_counters.items():
-                    assert int(ok(client.call("GET", key=key))["value"]) >= value
-    assert killed_mid_compaction >= 1, "no kill landed inside a compaction"
-    assert not (tmp_path / "db.aof.compact-tmp").exists()
 
 
 # -- TTLs across restarts --------------------------------------------------------------------

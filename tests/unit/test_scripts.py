@@ -1,0 +1,61 @@
+"""The pure parts of the scripts in scripts/: reading py-spy's output, summarising fault figures.
+
+The scripts' end-to-end runs are in tests/integration/test_bench_scripts.py
+(sampling with py-spy and the long fault run are not part of the test suite).
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the scripts import bench_common from beside them
+
+
+def load_script(name: str):
+    """Import scripts/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / ("%s.py" % name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+profile = load_script("profile_hot_path")
+faults = load_script("faults")
+
+
+def test_python_and_native_frames_are_named_by_file_and_function_without_lines():
+    assert profile.frame_name("execute (geomys/engine.py:143)") == "engine.py:execute"
+    assert profile.frame_name("sem_post (libc.so.6)") == "libc.so.6:sem_post"
+
+
+def test_samples_add_up_per_function_as_own_time_and_as_time_with_callees(tmp_path):
+    raw = tmp_path / "raw.txt"
+    raw.write_text("run (a.py:1);work (b.py:5) 3\n"
+                   "run (a.py:1);work (b.py:6);sem_post (libc.so.6) 2\n"
+                   "run (a.py:2) 1\n")
+    total, own, inclusive = profile.aggregate(raw)
+    assert total == 6
+    assert own == {"b.py:work": 3, "libc.so.6:sem_post": 2, "a.py:run": 1}
+    assert inclusive["a.py:run"] == 6 and inclusive["b.py:work"] == 5
+
+
+def test_a_figure_per_trial_is_summarised_as_min_median_max_and_flags_as_a_count():
+    assert faults.summarize([3, 1, 2]) == "min 1 / median 2 / max 3 (3 values)"
+    assert faults.summarize([0, 0]) == "0 (all 2)"
+    assert faults.summarize([True, False, True]) == "2 of 3 yes"
+    assert faults.summarize(1234567) == "1,234,567"
+
+
+def test_the_rendered_section_has_a_row_per_scenario_and_its_figures(tmp_path):
+    figures_file = tmp_path / "figures.jsonl"
+    figures_file.write_text(json.dumps({"scenario": "test_a", "passed": True, "seconds": 1.0,
+                                        "missing": [0, 0], "acked": [1500, 2500]}) + "\n")
+    cases = [("test_x", "test_a", "passed", 1.5), ("test_x", "test_b", "failed", 2.0)]
+    text = faults.render(cases, faults.read_figures(figures_file), 1, ["--trials", "2"], 3.0)
+    assert "| `test_a` | test_x | passed | 1.5 |" in text
+    assert "| `test_b` | test_x | **failed** | 2.0 |" in text
+    assert "| missing | 0 (all 2) |" in text
+    assert "| acked | min 1,500 / median 2,000 / max 2,500 (2 values) |" in text
+    assert "No figures recorded." in text  # test_b recorded none
