@@ -210,8 +210,10 @@ class Engine:
                             reply = error_reply(exc)
                         if store.effects:
                             self._publish()
-                            if spec.is_write:
-                                ctx.write_seq = self.seq
+                        if spec.is_write:
+                            # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
+                            # confirmed like one: its answer rests on every record so far.
+                            ctx.write_seq = self.seq
                         append(reply)
                     k += 1
                 ctx.wait_seq = self.seq

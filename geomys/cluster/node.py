@@ -91,7 +91,9 @@ class ClusterNode:
         self.epoch = 0             # bumped at each leadership change; senders of old epochs stop
         self.syncing = False
         self.stats = {"syncs_full_served": 0, "syncs_incremental_served": 0,
-                      "syncs_full_received": 0, "syncs_incremental_received": 0, "elections": 0}
+                      "syncs_full_received": 0, "syncs_incremental_received": 0, "elections": 0,
+                      "catchups_from_backlog": 0}
+        self._unreached: set[int] = set()   # leader: peers whose last call failed
         self._stopping = threading.Event()
         self._becoming_leader = False
         self._rejoining = False
@@ -689,9 +691,14 @@ class ClusterNode:
                 prev, payloads = (-1, 0), []
             request = pb.AppendRequest(term=self.state.term, leader_id=self.me.node_id, prev_seq=prev[0],
                                        prev_term=prev[1], entries=payloads, commit_seq=self.safe_seq)
+            # Entries for a peer that could not be reached: if it takes them, it
+            # caught up from the backlog (past the backlog, it is told to Sync).
+            resuming = node_id in self._unreached and bool(payloads)
         try:
             reply = self.peers.call(address, "AppendEntries", request)
         except PeerUnavailable:
+            with self.store.lock:
+                self._unreached.add(node_id)
             return BACK_OFF
         with self.store.lock:
             if self.epoch != epoch:
@@ -704,7 +711,10 @@ class ClusterNode:
             with self._lock:
                 self.state.last_seen[node_id] = self.now()
             self._peer_log[node_id] = (reply.last_seq, reply.last_term)
+            self._unreached.discard(node_id)
             if reply.status == pb.AppendReply.OK:
+                if resuming:
+                    self.stats["catchups_from_backlog"] += 1
                 self._note_ack(node_id, reply.last_seq)
                 return IDLE if reply.last_seq >= self.engine.seq else AGAIN
             return BACK_OFF if reply.status == pb.AppendReply.SYNCING else AGAIN

@@ -383,13 +383,16 @@ def test_follower_catches_up_from_the_backlog_or_past_it_from_a_snapshot(make_cl
     load = start_load(cluster, "behind")
     try:
         acked_before = load_before_fault(load)
-        start = cluster.info(follower)
+        start, start_leader = cluster.info(follower), cluster.info(leader)
         missed_within, target = fall_behind(cluster, follower, leader, WITHIN_BACKLOG)
         cluster.resume(follower)
         assert missed_within < BACKLOG_ENTRIES, "the short pause overshot the backlog: %d entries" % missed_within
         wait_until(lambda: cluster.info(follower)["replication_offset"] >= target, 4 * cluster.failure_timeout,
                    0.05, "node %d to catch up the %d entries it missed" % (follower, missed_within))
         within = cluster.info(follower)
+        wait_until(lambda: cluster.info(leader)["catchups_from_backlog"]
+                   > start_leader["catchups_from_backlog"], 4 * cluster.failure_timeout, 0.05,
+                   "the leader to count a catch-up from its backlog")
         missed_past, _ = fall_behind(cluster, follower, leader, PAST_BACKLOG)
         cluster.resume(follower)
         wait_until(lambda: cluster.info(follower)["syncs_full_received"] > within["syncs_full_received"],
@@ -403,6 +406,7 @@ def test_follower_catches_up_from_the_backlog_or_past_it_from_a_snapshot(make_cl
     figures.add(acked_before_fault=acked_before, backlog_entries=BACKLOG_ENTRIES,
                 missed_within_backlog=missed_within, missed_past_backlog=missed_past,
                 full_syncs_within=within["syncs_full_received"] - start["syncs_full_received"],
+                backlog_catchups=infos[leader]["catchups_from_backlog"] - start_leader["catchups_from_backlog"],
                 full_syncs_past=infos[follower]["syncs_full_received"] - within["syncs_full_received"],
                 digests_equal_seconds=round(converged, 2), lost_writes=len(lost))
     assert within["syncs_full_received"] == start["syncs_full_received"], "a full sync within the backlog"

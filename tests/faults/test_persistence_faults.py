@@ -29,7 +29,7 @@ from geomys.clock import SystemClock
 from geomys.engine import Engine
 from geomys.store import Store
 from tests.cluster_helpers import WriteLoad, get_many
-from tests.faults.conftest import MIN_ACKED_BEFORE_FAULT, require_load
+from tests.faults.conftest import MIN_ACKED_BEFORE_FAULT, FaultSettings, require_load
 from tests.helpers import RawClient, ServerProcess, geomys_command, wait_until
 
 pytestmark = pytest.mark.integration
@@ -40,6 +40,8 @@ EXTRA_ACKS = 3000
 #: Bound of every wait for a load to reach its target.
 LOAD_TIMEOUT = 60.0
 FLUSH_INTERVAL = 0.2
+#: The run's size, read at import so that the timeout marks below can scale with it.
+SIZE = FaultSettings()
 
 
 # -- shared steps ---------------------------------------------------------------------------
@@ -95,6 +97,7 @@ def new_log(server: ServerProcess, mark: int) -> str:
 # -- 1. writethrough: kill -9 under 50 clients --------------------------------------------------
 
 
+@pytest.mark.timeout(300 + 30 * SIZE.trials)
 def test_writethrough_kill_9_at_a_random_moment_under_50_clients_loses_no_acknowledged_write(
         start_server, tmp_path, settings, figures):
     server = aof_server(start_server, tmp_path, "writethrough")
@@ -130,6 +133,7 @@ def incr_floors(load: WriteLoad, cutoff: float) -> dict[int, int]:
     return floors
 
 
+@pytest.mark.timeout(300 + 30 * SIZE.trials)
 def test_buffered_kill_9_loses_only_writes_acknowledged_in_the_last_two_flush_intervals(
         start_server, tmp_path, settings, figures):
     window = 2 * FLUSH_INTERVAL
@@ -221,6 +225,7 @@ def real_sample(cases: list, settings) -> list:
     return cases if settings.long else random.sample(cases, min(2, len(cases)))
 
 
+@pytest.mark.timeout(600 if SIZE.long else 300)
 def test_torn_tails_are_cut_damage_mid_file_is_refused_with_its_offset_and_repair_keeps_a_backup(
         start_server, tmp_path, settings, figures, caplog):
     server = aof_server(start_server, tmp_path, "writethrough")
@@ -367,6 +372,7 @@ KILL_POINTS: dict[str, Callable[[Compaction, int], bool]] = {
 }
 
 
+@pytest.mark.timeout(300 + 30 * SIZE.trials)
 def test_compaction_under_20_clients_incrementing_one_key_and_kill_9_inside_it_keep_the_counter_exact(
         start_server, tmp_path, settings, figures):
     server = aof_server(start_server, tmp_path, "writethrough")
