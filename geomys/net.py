@@ -70,7 +70,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
             if not data:
                 return
             odd_run = 0
-            rest = memoryview(data)
+            rest = data
             while rest:
                 # The limit is per request: feed at most `limit` bytes counted
                 # from the start of the unfinished request, decode every whole
@@ -79,7 +79,11 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 # request over it is caught even if it trickles in.
                 limit = max_bytes if ctx.authenticated else min(max_bytes, PREAUTH_MAX_REQUEST_BYTES)
                 room = limit - (fed - start)
-                chunk, rest = rest[:room], rest[room:]
+                if len(rest) <= room:  # the usual case: all of it fits
+                    chunk, rest = rest, None
+                else:
+                    rest = memoryview(rest)  # slices of a view copy nothing
+                    chunk, rest = rest[:room], rest[room:]
                 try:
                     if not chunk:
                         raise protocol.msgpack.BufferFull
