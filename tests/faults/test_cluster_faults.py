@@ -91,20 +91,22 @@ def wait_failover(load: WriteLoad, since: float, limit: float) -> float:
                       "a write sent after the fault to be acknowledged (errors so far: %s)" % load.errors)
 
 
-def fall_behind(cluster: Cluster, follower: int, leader: int, entries: int) -> tuple[int, int]:
+def fall_behind(cluster: Cluster, follower: int, leader: int, entries: int,
+                min_seconds: float = 0.0) -> tuple[int, int]:
     """SIGSTOP `follower` until the load took the leader `entries` entries past it; the caller resumes it.
 
-    Returns how many entries it missed and the leader's offset then. The
-    wait is bounded by half the failure timeout, so the follower is not
-    removed; a load too slow to get that far within it makes the scenario
-    vacuous.
+    The pause also lasts `min_seconds` at least. Returns how many entries it
+    missed and the leader's offset then. The wait is bounded by half the
+    failure timeout, so the follower is not removed; a load too slow to get
+    that far within it makes the scenario vacuous.
     """
     start = cluster.info(follower)["replication_offset"]
     reached = [start]
+    paused_at = time.monotonic()
 
     def far_enough():
         reached.append(cluster.info(leader)["replication_offset"])
-        return reached[-1] >= start + entries
+        return reached[-1] >= start + entries and time.monotonic() - paused_at >= min_seconds
     cluster.pause(follower)
     with contextlib.suppress(AssertionError):   # not far enough in time: require_load says so
         wait_until(far_enough, 0.5 * cluster.failure_timeout, 0.02)
@@ -364,9 +366,13 @@ def test_node_joining_under_load_takes_a_chunked_snapshot_of_over_4mb_and_digest
     assert not lost, "%d acknowledged writes lost, e.g. %s" % (len(lost), lost[:5])
 
 
-BACKLOG_ENTRIES = 1000
+BACKLOG_ENTRIES = 3000
 # Long failure timeout: a follower paused for up to half of it stays a member.
-BACKLOG_OPTIONS = dict(heartbeat_interval=0.5, failure_timeout=4.0, backlog_entries=BACKLOG_ENTRIES)
+# Pauses of at least twice rpc_timeout: the leader's calls to the paused
+# follower fail, which is what makes it count the catch-up that follows.
+BACKLOG_OPTIONS = dict(heartbeat_interval=0.5, failure_timeout=10.0, rpc_timeout=0.5,
+                       backlog_entries=BACKLOG_ENTRIES)
+MIN_PAUSE = 1.0
 WITHIN_BACKLOG = 300           # entries missed in the short pause (the backlog holds BACKLOG_ENTRIES)
 PAST_BACKLOG = BACKLOG_ENTRIES + 500
 
@@ -384,7 +390,7 @@ def test_follower_catches_up_from_the_backlog_or_past_it_from_a_snapshot(make_cl
     try:
         acked_before = load_before_fault(load)
         start, start_leader = cluster.info(follower), cluster.info(leader)
-        missed_within, target = fall_behind(cluster, follower, leader, WITHIN_BACKLOG)
+        missed_within, target = fall_behind(cluster, follower, leader, WITHIN_BACKLOG, MIN_PAUSE)
         cluster.resume(follower)
         assert missed_within < BACKLOG_ENTRIES, "the short pause overshot the backlog: %d entries" % missed_within
         wait_until(lambda: cluster.info(follower)["replication_offset"] >= target, 4 * cluster.failure_timeout,
@@ -393,7 +399,7 @@ def test_follower_catches_up_from_the_backlog_or_past_it_from_a_snapshot(make_cl
         wait_until(lambda: cluster.info(leader)["catchups_from_backlog"]
                    > start_leader["catchups_from_backlog"], 4 * cluster.failure_timeout, 0.05,
                    "the leader to count a catch-up from its backlog")
-        missed_past, _ = fall_behind(cluster, follower, leader, PAST_BACKLOG)
+        missed_past, _ = fall_behind(cluster, follower, leader, PAST_BACKLOG, MIN_PAUSE)
         cluster.resume(follower)
         wait_until(lambda: cluster.info(follower)["syncs_full_received"] > within["syncs_full_received"],
                    4 * cluster.failure_timeout, 0.05, "node %d to receive a full sync" % follower)
