@@ -164,7 +164,7 @@ class Engine:
                         special = (request, spec)
                         break
                     run.append((request, spec, spec.parse(request)))
-                except GeomysError as exc:
+                except Exception as exc:  # a GeomysError, or a bug: one error reply either way
                     run.append((request, None, error_reply(exc)))
             if run:
                 self._run_locked(run, ctx, replies)
