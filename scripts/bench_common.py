@@ -306,7 +306,8 @@ def replace_section(path: Path, name: str, text: str) -> None:
     begin, end = "<!-- %s:begin -->" % name, "<!-- %s:end -->" % name
     block = "%s\n%s\n%s" % (begin, text.strip("\n"), end)
     old = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    # Markers count only on lines of their own, so prose may name them.
+    pattern = re.compile("^" + re.escape(begin) + r"$.*?^" + re.escape(end) + "$", re.S | re.M)
     if pattern.search(old):
         new = pattern.sub(lambda _: block, old, count=1)
     else:

@@ -23,6 +23,16 @@ def load_script(name: str):
 
 profile = load_script("profile_hot_path")
 faults = load_script("faults")
+bench_common = load_script("bench_common")
+
+
+def test_a_generated_section_replaces_only_its_own_marker_lines_not_prose_naming_them(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("Prose: the part between `<!-- x:begin -->` and `<!-- x:end -->` is generated.\n\n"
+                   "<!-- x:begin -->\nold\n<!-- x:end -->\n\nafter\n")
+    bench_common.replace_section(doc, "x", "new figures")
+    assert doc.read_text() == ("Prose: the part between `<!-- x:begin -->` and `<!-- x:end -->` is generated.\n\n"
+                               "<!-- x:begin -->\nnew figures\n<!-- x:end -->\n\nafter\n")
 
 
 def test_python_and_native_frames_are_named_by_file_and_function_without_lines():
