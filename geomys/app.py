@@ -171,9 +171,11 @@ def main(argv=None) -> None:
             sys.exit(repair(config.persistence_path))
         except AofError as exc:
             _fail(str(exc))
-    stop_requested = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop_requested.set())
+    # The stop signals are blocked before any thread starts (threads inherit the
+    # mask) and then awaited with sigwait: one that arrives at any moment stays
+    # pending until it is taken, where a check-then-pause loop could miss it.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     node = GeomysNode(config)
     try:
         node.start()
@@ -181,8 +183,7 @@ def main(argv=None) -> None:
         _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
     except (AofError, JoinError, PortUnavailable) as exc:
         _fail(str(exc))
-    while not stop_requested.is_set():
-        signal.pause()  # returns as soon as a signal has been handled
+    signal.sigwait(stop_signals)
     logger.info("stop requested; shutting down")
     node.stop()
     sys.exit(0)
