@@ -172,13 +172,8 @@ def test_isolated_leader_steps_down_and_removes_nobody():
     assert sorted(net.nodes[1].state.members) == [1, 2, 3]
 
 
-def test_paused_leader_steps_down_on_a_higher_term_and_resyncs():
-    net = three_node_cluster()
-    net.write(1, "SET", key="before", value="1")
-    net.pump()
-    net.isolate(1)                                   # as if SIGSTOPped
-    stale = net.write(1, "SET", key="lost", value="x")   # applied locally, never replicated
-    assert stale["status"] == "OK"
+def elect_node_2_while_1_is_away(net: FakeNetwork) -> None:
+    """With node 1 isolated, let nodes 2 and 3 elect node 2, which then takes a write of 'new'."""
     net.advance(FAILURE_TIMEOUT + HEARTBEAT)
     for node_id in (2, 3):
         net.nodes[node_id].tick()
@@ -187,6 +182,16 @@ def test_paused_leader_steps_down_on_a_higher_term_and_resyncs():
     assert 2 in net.leaders()
     net.write(2, "SET", key="new", value="2")
     net.pump()
+
+
+def test_paused_leader_steps_down_on_a_higher_term_and_resyncs():
+    net = three_node_cluster()
+    net.write(1, "SET", key="before", value="1")
+    net.pump()
+    net.isolate(1)                                   # as if SIGSTOPped
+    stale = net.write(1, "SET", key="lost", value="x")   # applied locally, never replicated
+    assert stale["status"] == "OK"
+    elect_node_2_while_1_is_away(net)
     net.rejoin(1)
     net.nodes[1].replicate_once(2)                   # the old leader learns of term 2
     assert net.nodes[1].state.role != LEADER
@@ -355,14 +360,7 @@ def test_deposed_leader_whose_own_list_lacks_the_new_leader_still_resyncs():
     net.write(1, "SET", key="before", value="1")
     net.pump()
     net.isolate(1)                                              # as if SIGSTOPped
-    net.advance(FAILURE_TIMEOUT + HEARTBEAT)
-    for node_id in (2, 3):
-        net.nodes[node_id].tick()
-    net.run_tasks()
-    net.pump()
-    assert 2 in net.leaders()
-    net.write(2, "SET", key="new", value="2")
-    net.pump()
+    elect_node_2_while_1_is_away(net)
     # Back from its pause, the old leader still believes it leads and, misled by stale
     # contact times, removes node 2 from its own list (an entry never committed).
     old = net.nodes[1]
