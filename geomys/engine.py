@@ -91,8 +91,9 @@ class Engine:
         self._clients_lock = threading.Lock()
         self._finished_commands = 0
         # Set (under store.lock) while this node must not execute writes itself:
-        # a cluster follower forwards them to its leader through this callable.
-        self.forwarder: Optional[Callable[[dict, Context], dict]] = None
+        # a cluster follower forwards them to its leader through this callable
+        # (a list of requests in, their replies out).
+        self.forwarder: Optional[Callable[[list, Context], list]] = None
         self._digest_cache: Optional[tuple] = None   # (store.changes it was computed at, digest)
 
     # -- wiring --------------------------------------------------------------
@@ -218,8 +219,12 @@ class Engine:
                     k += 1
                 ctx.wait_seq = self.seq
             if k < count:
-                append(self._forward(run[k][0], ctx))
-                k += 1
+                # A follower hands its writes to the leader: the consecutive ones in one call.
+                end = k + 1
+                while end < count and run[end][1] is not None and run[end][1].is_write:
+                    end += 1
+                replies.extend(self._forward([item[0] for item in run[k:end]], ctx))
+                k = end
 
     def _run_special(self, request: dict, spec, ctx: Context) -> dict:
         """Run a command that takes no lock (PING, AUTH, INFO...) or blocks (BLPOP, BRPOP)."""
@@ -251,19 +256,17 @@ class Engine:
             for sink in sinks:
                 sink.append(self.seq, record)
 
-    def _forward(self, request: dict, ctx: Context) -> dict:
-        """Hand a write to the leader (outside the store lock); relay its reply."""
+    def _forward(self, requests: list, ctx: Context) -> list:
+        """Hand writes to the leader (outside the store lock); relay its replies."""
         forwarder = self.forwarder
-        if forwarder is None:  # became leader meanwhile: run it here
+        if forwarder is None:  # became leader meanwhile: run them here
             replies: list = []
-            self._dispatch([request], ctx, replies)
-            return replies[0]
+            self._dispatch(requests, ctx, replies)
+            return replies
         try:
-            return forwarder(request, ctx)
-        except GeomysError as exc:
-            return error_reply(exc)
-        except Exception as exc:  # a bug must cost one reply, not the connection
-            return error_reply(exc)
+            return forwarder(requests, ctx)
+        except Exception as exc:  # NO_LEADER and the like, or a bug: every write gets the error
+            return [error_reply(exc)] * len(requests)
 
     def _execute_blocking(self, spec, args, ctx: Context, request: dict) -> dict:
         """Serve BLPOP/BRPOP: pop now, or queue behind earlier waiters until a PUSH or the timeout.
@@ -308,7 +311,7 @@ class Engine:
             if remaining <= 0:
                 raise Timeout("no element arrived in list %s within %gs" % (describe_key(key), timeout))
             request = dict(request, timeout=remaining)
-        return self._forward(request, ctx)
+        return self._forward([request], ctx)[0]
 
     # -- replication hooks (cluster) ------------------------------------------------
 

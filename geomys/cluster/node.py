@@ -56,6 +56,11 @@ def _unpack(data: bytes):
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def _is_blocking(request) -> bool:
+    """Whether a decoded request is a blocking pop (forwarded in chunks, one at a time)."""
+    return isinstance(request, dict) and str(request.get("command", "")).upper() in ("BLPOP", "BRPOP")
+
+
 def _decode_entry(payload: bytes) -> tuple[int, int, tuple]:
     seq, term, record = _unpack(payload)
     return seq, term, records_mod.validate(record)
@@ -310,8 +315,12 @@ class ClusterNode:
 
     # -- the engine's forwarder (follower) ---------------------------------------------
 
-    def forward(self, request: dict, ctx: Context) -> dict:
-        """Execute a write on the leader and return its reply unchanged (outside the store lock)."""
+    def forward(self, requests: list, ctx: Context) -> list:
+        """Execute writes on the leader, in order and in one call; return its replies unchanged.
+
+        Called outside the store lock with the consecutive writes of one read
+        (or one blocking pop, which is forwarded in bounded chunks).
+        """
         if ctx.forwarded:
             raise NoLeader("this node is not the leader")
         leader_id = self.state.leader_id
@@ -319,20 +328,22 @@ class ClusterNode:
         if address is None or leader_id == self.me.node_id or \
                 not self.state.leader_alive(self.now(), self.failure_timeout):
             raise NoLeader("no leader is known at the moment; try again shortly")
-        name = str(request.get("command", "")).upper()
-        if name in ("BLPOP", "BRPOP"):
-            return self._forward_blocking(address, request, ctx)
-        return self._forward_once(address, request, self.config.rpc_timeout)
+        if len(requests) == 1 and _is_blocking(requests[0]):
+            return [self._forward_blocking(address, requests[0], ctx)]
+        return self._forward_once(address, requests, self.config.rpc_timeout)
 
-    def _forward_once(self, address: str, request: dict, timeout: float) -> dict:
+    def _forward_once(self, address: str, requests: list, timeout: float) -> list:
         try:
             reply = self.peers.call(address, "Forward", pb.ForwardRequest(
-                request=_pack(request), term=self.state.term, from_node=self.me.node_id), timeout=timeout)
+                requests=[_pack(r) for r in requests], term=self.state.term, from_node=self.me.node_id),
+                timeout=timeout)
         except PeerUnavailable as exc:
             raise NoLeader("the leader could not be reached (%s); the write's outcome is unknown" % exc) from None
         if reply.not_leader:
             raise NoLeader("the node this one follows is no longer the leader; try again shortly")
-        return _unpack(reply.reply)
+        if len(reply.replies) != len(requests):
+            raise NoLeader("the leader answered %d of %d forwarded requests" % (len(reply.replies), len(requests)))
+        return [_unpack(r) for r in reply.replies]
 
     def _forward_blocking(self, address: str, request: dict, ctx: Context) -> dict:
         """Wait for a blocking pop in short calls, so a long wait never pins a leader's gRPC worker."""
@@ -341,7 +352,7 @@ class ClusterNode:
         while True:
             chunk = FORWARD_BLOCK_CHUNK if deadline is None else min(FORWARD_BLOCK_CHUNK,
                                                                      max(deadline - self.now(), 0.001))
-            reply = self._forward_once(address, dict(request, timeout=chunk), chunk + self.config.rpc_timeout)
+            reply = self._forward_once(address, [dict(request, timeout=chunk)], chunk + self.config.rpc_timeout)[0]
             if reply.get("code") != "TIMEOUT":
                 return reply
             if deadline is not None and self.now() >= deadline:
@@ -352,29 +363,33 @@ class ClusterNode:
     # -- gRPC handlers (called by cluster.service on the gRPC pool) ------------------------
 
     def on_forward(self, req: pb.ForwardRequest) -> pb.ForwardReply:
-        """Run a follower's client write here, if this node leads, and return the reply."""
+        """Run a follower's client writes here, in order, if this node leads; return the replies."""
         if self.engine.forwarder is not None:
             return pb.ForwardReply(not_leader=True, leader_id=self.state.leader_id or 0)
-        try:
-            request = _unpack(req.request)
-        except (ValueError, msgpack.exceptions.UnpackException):
-            request = None
+        requests = []
+        for payload in req.requests:
+            try:
+                requests.append(_unpack(payload))
+            except (ValueError, msgpack.exceptions.UnpackException):
+                requests.append(None)  # answered BAD_REQUEST by the engine
         ctx = Context(self.engine, address="node %d" % req.from_node)
         ctx.authenticated = True
         ctx.forwarded = True
-        blocking = isinstance(request, dict) and str(request.get("command", "")).upper() in ("BLPOP", "BRPOP")
+        blocking = any(_is_blocking(r) for r in requests)
         if blocking and not self._forward_slots.acquire(timeout=FORWARD_BLOCK_CHUNK):
-            return pb.ForwardReply(reply=_pack(error_reply(Timeout("too many blocked clients; try again"))))
+            busy = error_reply(Timeout("too many blocked clients; try again"))
+            return pb.ForwardReply(replies=[_pack(busy)] * len(requests))
         try:
-            reply = self.engine.execute(request, ctx)
+            replies: list = []
+            self.engine.execute_batch(requests, ctx, replies)
             try:
                 self.engine.settle(ctx)
             except GeomysError as exc:
-                reply = error_reply(exc)
+                replies = [error_reply(exc)] * len(replies)
         finally:
             if blocking:
                 self._forward_slots.release()
-        return pb.ForwardReply(reply=_pack(reply))
+        return pb.ForwardReply(replies=[_pack(r) for r in replies])
 
     def on_heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         """A follower says it is alive; answer with the membership."""

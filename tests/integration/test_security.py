@@ -142,7 +142,7 @@ def test_the_cluster_secret_is_compared_with_compare_digest(compare_digest_calls
 
 # Requests that would change the node if they were let through.
 INTRUSIONS = {
-    "Forward": pb.ForwardRequest(request=msgpack.packb({"command": "SET", "key": "intruder", "value": "x"}),
+    "Forward": pb.ForwardRequest(requests=[msgpack.packb({"command": "SET", "key": "intruder", "value": "x"})],
                                  from_node=9),
     "NewLeader": pb.NewLeaderRequest(term=99, leader_id=9),
     "AppendEntries": pb.AppendRequest(term=99, leader_id=9, prev_seq=-1),
@@ -180,9 +180,9 @@ def test_every_cluster_rpc_is_refused_without_the_right_secret(start_server):
         assert node.call("EXISTS", key="intruder")["value"] == 0
 
         right = ((transport.SECRET_HEADER, SECRET),)
-        reply = stub.Forward(pb.ForwardRequest(request=msgpack.packb({"command": "SET", "key": "k", "value": "v"}),
+        reply = stub.Forward(pb.ForwardRequest(requests=[msgpack.packb({"command": "SET", "key": "k", "value": "v"})],
                                                from_node=1), timeout=5, metadata=right)
-        assert msgpack.unpackb(reply.reply) == OK
+        assert [msgpack.unpackb(r) for r in reply.replies] == [OK]
         assert stub.RequestVote(pb.VoteRequest(candidate_id=1, term=0), timeout=5, metadata=right).node_id == 1
     assert node.call("GET", key="k") == {"status": "OK", "value": "v"}
 

@@ -91,6 +91,33 @@ def test_follower_forwards_writes_to_the_leader():
     assert net.read(1, "f") == "1" and net.read(2, "f") == "1"
 
 
+def test_consecutive_writes_of_one_read_reach_the_leader_in_one_forward_call(monkeypatch):
+    net = three_node_cluster()
+    follower = net.nodes[2]
+    forwarded = []
+    real_call = follower.peers.call
+
+    def counting_call(address, method, request, timeout=None):
+        if method == "Forward":
+            forwarded.append(len(request.requests))
+        return real_call(address, method, request, timeout)
+    monkeypatch.setattr(follower.peers, "call", counting_call)
+    requests = [{"command": "SET", "key": "p%d" % i, "value": str(i)} for i in range(5)]
+    requests += [{"command": "INCR", "key": "n"}, {"command": "GET", "key": "nothing"}, {"command": "INCR", "key": "n"}]
+    replies: list = []
+    call = Call(lambda: follower.engine.execute_batch(requests, Context(follower.engine, "pipeline"), replies)).start()
+    for _ in range(200):
+        net.pump()
+        if call.done():
+            break
+        call.wait(0.01)
+    call.join()
+    assert replies[:6] == [{"status": "OK"}] * 5 + [{"status": "OK", "value": 1}]
+    assert replies[6]["code"] == "NOT_FOUND" and replies[7] == {"status": "OK", "value": 2}
+    assert forwarded == [6, 1]          # the read in between ran on the follower
+    assert net.read(1, "p4") == "4"
+
+
 def test_write_without_a_known_leader_is_no_leader():
     net = three_node_cluster()
     net.down.add(1)
