@@ -19,6 +19,7 @@ import msgpack
 
 from .. import records as records_mod
 from ..clock import Clock, SystemClock
+from ..commands import TABLE, lookup
 from ..config import Config
 from ..engine import Context, Engine
 from ..errors import GeomysError, NoLeader, Timeout
@@ -57,8 +58,9 @@ def _unpack(data: bytes):
 
 
 def _is_blocking(request) -> bool:
-    """Whether a decoded request is a blocking pop (forwarded in chunks, one at a time)."""
-    return isinstance(request, dict) and str(request.get("command", "")).upper() in ("BLPOP", "BRPOP")
+    """Whether a decoded request names a blocking command (forwarded in chunks, one at a time)."""
+    spec = lookup(TABLE, request.get("command")) if isinstance(request, dict) else None
+    return spec is not None and spec.is_blocking
 
 
 def _decode_entry(payload: bytes) -> tuple[int, int, tuple]:
