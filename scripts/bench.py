@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Server, Servers, command_path, free_port, machine_summary, median,
-                          positive_int, replace_section, start_cluster, start_geomys)
+                          positive_int, replace_section, run_main, start_cluster, start_geomys)
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis")
 TESTS = ("set", "get", "incr")
@@ -455,16 +455,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base_n = args.requests or (2000 if args.quick else 20000)
     requests = {1: base_n, 16: 5 * base_n}
     started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
-            targets = start_targets(servers, Path(tmp), args.servers, warm_up=not args.quick)
-            samples = run_matrix(targets, args.tests, repeat, requests, args.max_seconds)
-    except BenchError as exc:
-        print("bench.py: %s" % exc, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench.py: interrupted; servers stopped", file=sys.stderr)
-        return 130
+    with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
+        targets = start_targets(servers, Path(tmp), args.servers, warm_up=not args.quick)
+        samples = run_matrix(targets, args.tests, repeat, requests, args.max_seconds)
     text = render(summarize(samples), args.servers, args.tests, repeat, requests, args.max_seconds,
                   "cluster" in args.servers and not args.quick, argv, time.monotonic() - started)
     print(text)
@@ -474,4 +467,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.py", main))

@@ -34,6 +34,22 @@ class BenchError(Exception):
     """A failure that ends a benchmark script with exit status 1 (a server that won't start...)."""
 
 
+def run_main(name: str, main: Callable[[], int]) -> int:
+    """Run a script's `main` and return its exit status.
+
+    A BenchError ends the script with one line on stderr and status 1;
+    Ctrl-C with status 130, once the `Servers` block has stopped its servers.
+    """
+    try:
+        return main()
+    except BenchError as exc:
+        print("%s: %s" % (name, exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("%s: interrupted; servers stopped" % name, file=sys.stderr)
+        return 130
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
     """Poll `predicate` until it returns something truthy; raise BenchError after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Connection, Servers, info, machine_summary, median,
-                          positive_int, replace_section, start_cluster, wait_until)
+                          positive_int, replace_section, run_main, start_cluster, wait_until)
 
 SECTION = "failover_time"
 WRITE_GAP_SECONDS = 0.01
@@ -214,22 +214,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     results: dict[Timings, list[Trial]] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="geomys-failover-") as tmp:
-            for timings in args.timings:
-                trials = args.trials or (1 if timings.failure_timeout >= 5 else 3)
-                for number in range(trials):
-                    trial = run_trial(Path(tmp) / ("%g-%g-%d" % (timings.heartbeat, timings.failure_timeout,
-                                                                 number)), timings)
-                    results.setdefault(timings, []).append(trial)
-                    print("%s trial %d: first write accepted %.2f s after the kill" % (
-                        timings, number + 1, trial.first_write), file=sys.stderr, flush=True)
-    except BenchError as exc:
-        print("failover_time.py: %s" % exc, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("failover_time.py: interrupted; servers stopped", file=sys.stderr)
-        return 130
+    with tempfile.TemporaryDirectory(prefix="geomys-failover-") as tmp:
+        for timings in args.timings:
+            trials = args.trials or (1 if timings.failure_timeout >= 5 else 3)
+            for number in range(trials):
+                trial = run_trial(Path(tmp) / ("%g-%g-%d" % (timings.heartbeat, timings.failure_timeout,
+                                                             number)), timings)
+                results.setdefault(timings, []).append(trial)
+                print("%s trial %d: first write accepted %.2f s after the kill" % (
+                    timings, number + 1, trial.first_write), file=sys.stderr, flush=True)
     text = render(results, argv, time.monotonic() - started)
     print(text)
     if args.output:
@@ -238,4 +231,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("failover_time.py", main))

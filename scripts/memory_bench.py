@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (HOST, REPO, BenchError, Connection, Server, Servers, free_port, geomys_argv, info,
-                          machine_summary, positive_int, replace_section, start_cluster, start_geomys,
+                          machine_summary, positive_int, replace_section, run_main, start_cluster, start_geomys,
                           wait_until)
 
 SECTION = "memory_bench"
@@ -268,20 +268,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="geomys-memory-") as tmp, Servers() as servers:
-            workdir = Path(tmp)
-            memory = measure_memory(servers, workdir, args.keys, args.timeout)
-            print("memory measured", file=sys.stderr, flush=True)
-            replay = measure_replay(servers, workdir, args.keys, args.persistence, args.timeout)
-            print("replay measured", file=sys.stderr, flush=True)
-            join = measure_join(servers, workdir, args.keys, args.timeout)
-    except BenchError as exc:
-        print("memory_bench.py: %s" % exc, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("memory_bench.py: interrupted; servers stopped", file=sys.stderr)
-        return 130
+    with tempfile.TemporaryDirectory(prefix="geomys-memory-") as tmp, Servers() as servers:
+        workdir = Path(tmp)
+        memory = measure_memory(servers, workdir, args.keys, args.timeout)
+        print("memory measured", file=sys.stderr, flush=True)
+        replay = measure_replay(servers, workdir, args.keys, args.persistence, args.timeout)
+        print("replay measured", file=sys.stderr, flush=True)
+        join = measure_join(servers, workdir, args.keys, args.timeout)
     text = render(args.keys, memory, replay, join, argv, time.monotonic() - started)
     print(text)
     if args.output:
@@ -290,4 +283,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("memory_bench.py", main))

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, BenchError, Server, Servers, command_path, free_port, info, wait_until  # noqa: E402
+from bench_common import (REPO, BenchError, Server, Servers, command_path, free_port, info,  # noqa: E402
+                          run_main, wait_until)
 
 
 def frame_name(frame: str) -> str:
@@ -104,8 +105,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print("profile_hot_path.py: %s" % exc, file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_main("profile_hot_path.py", main))
