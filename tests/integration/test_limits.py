@@ -144,19 +144,24 @@ def test_a_request_one_byte_over_max_request_bytes_is_too_large(start_server):
     assert server.call("EXISTS", key="k")["value"] == 0
 
 
+def trickle(server, frame: bytes, step: int) -> list:
+    """Send `frame` `step` bytes per segment; return every reply until the server closes."""
+    with server.client() as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for start in range(0, len(frame), step):
+                c.send_raw(frame[start:start + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before the tail arrives
+        return read_until_closed(c)
+
+
 def test_a_request_of_many_small_fields_over_the_limit_is_too_large_even_sent_slowly(start_server):
     server = start_server(max_request_bytes=1024)
     request = {"command": "PING", **{"f%d" % i: i for i in range(300)}}
     frame = msgpack.packb(request)
     assert len(frame) > 1500
-    with server.client() as c:
-        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            for start in range(0, len(frame), 50):
-                c.send_raw(frame[start:start + 50])
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may close before the tail arrives
-        replies = read_until_closed(c)
+    replies = trickle(server, frame, 50)
     assert len(replies) == 1
     assert_error(replies[0], "TOO_LARGE")
 
@@ -172,14 +177,7 @@ def test_many_small_pipelined_requests_beyond_max_request_bytes_in_total_are_ser
 def test_an_oversized_request_sent_slowly_is_still_too_large(start_server):
     server = start_server(max_request_bytes=1024)
     frame = msgpack.packb({"command": "SET", "key": "big", "value": "x" * 3000})
-    with server.client() as c:
-        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            for start in range(0, len(frame), 100):
-                c.send_raw(frame[start:start + 100])
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may close before the tail arrives
-        replies = read_until_closed(c)
+    replies = trickle(server, frame, 100)
     assert len(replies) == 1
     assert_error(replies[0], "TOO_LARGE")
 

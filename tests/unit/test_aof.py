@@ -446,16 +446,26 @@ def test_compact_shrinks_the_file_to_the_current_state(tmp_path):
     assert replayed_state(path) == state(node.store)
 
 
-def test_writes_made_while_the_snapshot_is_written_end_up_in_the_compacted_file(tmp_path):
-    path = tmp_path / "db.aof"
+def compaction_held_at_its_fsync(path, rounds: int):
+    """A node after `rounds` of churn, whose COMPACT runs on a thread and is held at the new file's fsync.
+
+    Returns (node, fsync, compactor thread, list that receives COMPACT's result);
+    `fsync.gate.set()` lets the compaction finish.
+    """
     fsync = GatedFsync(path, match=lambda name: name.endswith(".compact-tmp"))
     node = Node(path, fsync=fsync)
-    churn(node, 50)
+    churn(node, rounds)
     fsync.gate.clear()
     result = []
     compactor = threading.Thread(target=lambda: result.append(node.aof.compact()))
     compactor.start()
     assert fsync.entered.wait(10)
+    return node, fsync, compactor, result
+
+
+def test_writes_made_while_the_snapshot_is_written_end_up_in_the_compacted_file(tmp_path):
+    path = tmp_path / "db.aof"
+    node, fsync, compactor, result = compaction_held_at_its_fsync(path, 50)
     assert node.aof.info()["compacting"] is True
     node.run("PUSH", key="queue", value="during")
     node.run("LPOP", key="queue")
@@ -474,14 +484,7 @@ def test_writes_made_while_the_snapshot_is_written_end_up_in_the_compacted_file(
 
 def test_flushdb_during_compaction_abandons_it_and_the_file_holds_only_later_writes(tmp_path):
     path = tmp_path / "db.aof"
-    fsync = GatedFsync(path, match=lambda name: name.endswith(".compact-tmp"))
-    node = Node(path, fsync=fsync)
-    churn(node, 20)
-    fsync.gate.clear()
-    result = []
-    compactor = threading.Thread(target=lambda: result.append(node.aof.compact()))
-    compactor.start()
-    assert fsync.entered.wait(10)
+    node, fsync, compactor, result = compaction_held_at_its_fsync(path, 20)
     node.run("FLUSHDB")
     node.run("SET", key="survivor", value="1")
     fsync.gate.set()
