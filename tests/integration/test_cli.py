@@ -1,5 +1,6 @@
 """geomys-cli as a user runs it: one-shot commands with exit codes, the REPL over a pipe and a pty, reconnects."""
 
+import contextlib
 import os
 import queue
 import select
@@ -201,11 +202,27 @@ class LineReader:
         return self.lines.get(timeout=timeout)
 
 
-def test_repl_reconnects_after_a_server_restart_and_sends_the_command_once(server, start_server, cli_env):
-    proc = subprocess.Popen(CLI + ["-port", str(server.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env)
+@contextlib.contextmanager
+def piped_repl(port: int, env: dict):
+    """geomys-cli's REPL on pipes: yields (process, LineReader of its stdout).
+
+    The block must close stdin; on the way out the REPL must have exited 0
+    without a traceback, and is killed (by PID) if it is still running.
+    """
+    proc = subprocess.Popen(CLI + ["-port", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
-        reader = LineReader(proc.stdout)
+        yield proc, LineReader(proc.stdout)
+        assert proc.wait(10) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_repl_reconnects_after_a_server_restart_and_sends_the_command_once(server, start_server, cli_env):
+    with piped_repl(server.port, cli_env) as (proc, reader):
         proc.stdin.write("set before restart\n")
         proc.stdin.flush()
         assert reader.next() == "Server: OK"
@@ -223,19 +240,10 @@ def test_repl_reconnects_after_a_server_restart_and_sends_the_command_once(serve
         proc.stdin.write("ping\n")
         proc.stdin.close()
         assert reader.next() == "Server: PONG"
-        assert proc.wait(10) == 0
-        assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_ctrl_c_during_a_blocking_command_abandons_it_and_the_repl_goes_on(server, cli_env):
-    proc = subprocess.Popen(CLI + ["-port", str(server.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env)
-    try:
-        reader = LineReader(proc.stdout)
+    with piped_repl(server.port, cli_env) as (proc, reader):
         proc.stdin.write("blpop jobs 0\n")
         proc.stdin.flush()
         wait_until(lambda: server.info()["blocked_clients"] == 1, timeout=10, message="the pop to block")
@@ -246,12 +254,6 @@ def test_ctrl_c_during_a_blocking_command_abandons_it_and_the_repl_goes_on(serve
         proc.stdin.write("lpop jobs\n")
         proc.stdin.close()
         assert reader.next() == "Server: kept"
-        assert proc.wait(10) == 0
-        assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 # -- the REPL on a terminal ------------------------------------------------------------------
