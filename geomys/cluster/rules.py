@@ -1,14 +1,13 @@
-"""The cluster's rules as plain functions and one small state class: no I/O.
+"""The cluster's rules as plain functions: no state, no I/O.
 
 Membership, liveness, the election (the seed's "smallest live id" made safe
-by majorities and terms) and the leader's health checks. Every function takes
-the time as an argument; nothing here sleeps, threads or touches the network,
-so the rules are tested with a fake clock. Called by cluster.node under its
-own lock.
+by majorities and terms), the commit rule and the leader's health checks.
+Every function takes the time as an argument; nothing here sleeps, threads or
+touches the network. The consensus core (geomys.cluster.core) calls them.
 """
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 STANDALONE, LEADER, FOLLOWER, CANDIDATE, LEARNER = "standalone", "leader", "follower", "candidate", "learner"
@@ -123,10 +122,15 @@ def reaches_majority(self_id: int, members: Iterable[int], last_seen: dict[int, 
 
 
 def silent_members(self_id: int, members: Iterable[int], last_seen: dict[int, float], now: float,
-                   failure_timeout: float) -> list[int]:
-    """Members the leader should remove: silent for failure_timeout, while it still reaches a majority."""
+                   failure_timeout: float, recent: float) -> list[int]:
+    """Members the leader should remove: silent for failure_timeout.
+
+    Only while it has heard from a majority within `recent` (a heartbeat
+    interval): with the same window for both checks, a leader cut off from
+    everyone could still count a follower as live and remove another member.
+    """
     members = set(members)
-    if not reaches_majority(self_id, members, last_seen, now, failure_timeout):
+    if not reaches_majority(self_id, members, last_seen, now, recent):
         return []
     live = live_ids(self_id, last_seen, now, failure_timeout, members)
     return sorted(members - live)
@@ -135,51 +139,3 @@ def silent_members(self_id: int, members: Iterable[int], last_seen: dict[int, fl
 def learner_caught_up(learner_seq: int, leader_seq: int, slack: int) -> bool:
     """Whether a learner is close enough to the leader's log to become a voting member."""
     return leader_seq - learner_seq <= slack
-
-
-@dataclass
-class ClusterState:
-    """What one node believes about the cluster. Mutated only by cluster.node, under its lock."""
-
-    self_id: int
-    role: str = FOLLOWER
-    term: int = 0
-    leader_id: Optional[int] = None
-    members: dict[int, NodeAddress] = field(default_factory=dict)
-    last_seen: dict[int, float] = field(default_factory=dict)
-    last_leader_contact: float = float("-inf")
-    last_term: int = 0            # term of the last applied entry
-    suspected: set[int] = field(default_factory=set)  # nodes dropped by a refused election
-
-    def leader_alive(self, now: float, failure_timeout: float) -> bool:
-        """Whether this node has heard from its leader within failure_timeout (a leader: itself)."""
-        if self.role == LEADER:
-            return True
-        return self.leader_id is not None and now - self.last_leader_contact < failure_timeout
-
-    def adopt_term(self, term: int, leader_id: Optional[int], now: float) -> bool:
-        """Follow `leader_id` at `term` if that term is not older; return whether it was adopted.
-
-        A node accepts at most one leader per term: a second, different
-        leader claiming the current term is refused.
-        """
-        if term < self.term:
-            return False
-        if term == self.term and self.leader_id is not None and leader_id != self.leader_id:
-            return False
-        if term > self.term or self.role != LEADER:
-            self.role = LEADER if leader_id == self.self_id else (
-                LEARNER if self.role == LEARNER else FOLLOWER)
-        self.term = term
-        self.leader_id = leader_id
-        self.last_leader_contact = now
-        self.suspected.clear()
-        return True
-
-    def vote_answer(self, candidate_id: int, now: float, failure_timeout: float, last_seq: int) -> VoteAnswer:
-        """This node's answer to a VoteRequest from `candidate_id` (which is evidently alive)."""
-        self.last_seen[candidate_id] = now
-        live = live_ids(self.self_id, self.last_seen, now, failure_timeout, self.members) - self.suspected
-        live.add(candidate_id)
-        return VoteAnswer(self.self_id, nominee(self.self_id, self.leader_id, self.leader_alive(now, failure_timeout),
-                                                live), self.term, last_seq, self.last_term)
