@@ -580,8 +580,10 @@ class Core:
             self._advance_commit()
         else:
             # The follower's log ends elsewhere: resend, one batch at a time, from its hint.
+            # The hint may be ahead of next_seq (its log was reset by a snapshot, or starts
+            # after what was sent): follow it there too, or the same refusal repeats forever.
             p.state, p.inflight = PROBE, 0
-            p.next_seq = max(min(m.last_seq, p.next_seq - 1), p.match) + 1
+            p.next_seq = max(m.last_seq, p.match) + 1
         self._send_append(m.src)
 
     def _advance_commit(self) -> None:
