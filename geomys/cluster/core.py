@@ -329,7 +329,10 @@ class Core:
         self._member_history: list[tuple[int, dict[int, NodeAddress]]] = []  # (seq, members) not yet committed
         self.learners: dict[int, NodeAddress] = {}
         self.known: dict[int, NodeAddress] = {}   # every node any list or answer named
-        self.commit = log.base_seq
+        # A log that does not start empty comes from this node's append-only file,
+        # whose newest entries may never have committed (it may have led alone):
+        # nothing is known committed until a leader's Append says so.
+        self.commit = 0
         self.applied = log.base_seq        # the newest entry the store holds
         self.syncing = False               # a snapshot fetch is under way
         self.progress: dict[int, Progress] = {}
