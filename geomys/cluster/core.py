@@ -921,7 +921,8 @@ class Core:
                            m.node)
             return
         node_id = m.node.node_id
-        taken = set(self.members) | set(self.learners)
+        # The same node asking again (the answer to its first Join was lost) is taken again.
+        taken = set(self.members) | {n for n, a in self.learners.items() if a != m.node}
         if node_id in taken or node_id <= 0:
             if not m.id_assigned:
                 self._send(m.src, JoinReply(self.id, self.term, REFUSED,
