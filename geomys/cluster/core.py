@@ -644,7 +644,11 @@ class Core:
             return
         for node_id, node in sorted(self.learners.items()):
             progress = self.progress.get(node_id)
-            if progress and rules.learner_caught_up(progress.match, self.log.last_seq, LEARNER_SLACK):
+            # Only a learner that answers: while the log is short, one that never took
+            # an entry is as "caught up" as one that took them all.
+            answering = progress and progress.state == REPLICATE and \
+                now - progress.last_heard < timing.heartbeat_interval
+            if answering and rules.learner_caught_up(progress.match, self.log.last_seq, LEARNER_SLACK):
                 logger.info("node %d caught up and became a member", node_id)
                 self._propose_members({**self.members, node_id: node})
                 return
