@@ -306,7 +306,7 @@ class TakeOver:
     """A take-over in progress: the acceptances of the new term, then perhaps a copy from the best acceptor."""
 
     term: int
-    started: float
+    started: float                 # when it started, or last received entries it was copying
     accepted: dict[int, VoteAnswer]
     fetching: Optional[int] = None
     fetch_until: int = 0
@@ -446,8 +446,10 @@ class Core:
         if self.role == LEADER:
             self._leader_tick(now)
         elif self.takeover is not None:
-            if self.takeover.fetching is None and now - self.takeover.started >= self.timing.failure_timeout / 2:
-                logger.info("node %d could not gather a majority for term %d", self.id, self.takeover.term)
+            # No majority accepted, or the copy from the best acceptor stalled (a Fetch or
+            # its reply was lost): give up, and elect again. A snapshot ends by itself.
+            if not self.syncing and now - self.takeover.started >= self.timing.failure_timeout / 2:
+                logger.info("node %d could not take over term %d", self.id, self.takeover.term)
                 self._give_up_take_over()
         elif self.leader_alive(now):
             pass
@@ -887,6 +889,7 @@ class Core:
             if entry.members is not None:
                 self._set_members(entry.seq, {n.node_id: n for n in entry.members})
         if m.entries and self.log.last_seq < takeover.fetch_until:
+            takeover.started = now
             self._send(m.src, Fetch(self.id, takeover.term, self.log.last_seq))
             return
         takeover.fetching = None
