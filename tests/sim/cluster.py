@@ -83,15 +83,16 @@ class Write:
 
 @dataclass(frozen=True)
 class Read:
-    """A client's read on one node: refused (not served), or what the store held."""
+    """A client's read on one node: refused (not served), or what the store held (its first `length` entries)."""
 
     node: int
     served: bool
-    store: tuple = ()
+    store: list = field(default_factory=list)   # the store list itself: only ever appended to
+    length: int = 0
 
     @property
     def records(self) -> list[bytes]:
-        return [entry.record for entry in self.store]
+        return [entry.record for entry in self.store[:self.length]]
 
     def sees(self, write: Write) -> bool:
         return write.record in self.records
@@ -467,7 +468,7 @@ class Sim:
         if node is None or node.paused or node.core.commit < node.core.applied:
             return Read(node_id, False)
         self.checker.on_read(node, self.now)
-        return Read(node_id, True, tuple(node.store))
+        return Read(node_id, True, node.store, len(node.store))
 
     # -- views -------------------------------------------------------------------------------
 
