@@ -863,6 +863,12 @@ class Core:
             takeover.fetching, takeover.fetch_until = best.node_id, best.last_seq
             self._send(best.node_id, Fetch(self.id, takeover.term, self.commit))
             return
+        if self.id not in self.members:
+            # What it copied removes it from the membership: the members elect among
+            # themselves, and this node asks to join again, like any node removed.
+            logger.info("node %d is no longer a member; it does not lead term %d", self.id, takeover.term)
+            self._give_up_take_over()
+            return
         self._lead(now)
 
     def _on_fetch(self, m: Fetch, now: float) -> None:
