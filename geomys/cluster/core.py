@@ -890,6 +890,12 @@ class Core:
             if entry.seq <= self.log.last_seq:
                 if self.log.term_at(entry.seq) == entry.term:
                     continue
+                if entry.seq <= self.applied:
+                    # The store holds an entry the best log replaces (this node led alone
+                    # for a while): only a snapshot can undo it, as on a follower.
+                    self._truncate(entry.seq - 1)
+                    self._start_snapshot(m.src)
+                    return
                 self._truncate(entry.seq - 1)
             self.log.append(entry)
             if entry.members is not None:

@@ -27,9 +27,10 @@ class Checker:
         self.acked: list = []                      # acknowledged client writes, in order of acknowledgement
         self.reads: list = []                      # (node id, time, store, length) of every served read
         self._new_acks: list = []
-        self._term: dict[int, int] = {}            # node id -> the newest term it had
-        self._checked_commit: dict[int, int] = {}  # node id -> its commit point already compared
-        self._leader_seen: dict[tuple[int, int], tuple[int, int]] = {}  # (node, term) -> (acks checked, log end)
+        # Keyed by node (not id): a node restarted under an old id is a new node.
+        self._term: dict = {}            # node -> the newest term it had
+        self._checked_commit: dict = {}  # node -> its commit point already compared
+        self._leader_seen: dict = {}     # (node, term) -> (acks checked, log end)
 
     # -- during the run ----------------------------------------------------------------------
 
@@ -55,9 +56,9 @@ class Checker:
         """Check what one step of `node` may have broken."""
         core = node.core
         where = "node %d at t=%.3f" % (node.id, now)
-        if core.term < self._term.get(node.id, 0):
-            raise InvariantViolation("%s: term went back from %d to %d" % (where, self._term[node.id], core.term))
-        self._term[node.id] = core.term
+        if core.term < self._term.get(node, 0):
+            raise InvariantViolation("%s: term went back from %d to %d" % (where, self._term[node], core.term))
+        self._term[node] = core.term
         if core.applied != len(node.store):
             raise InvariantViolation("%s: the core says the store holds up to entry %d, it holds %d entries"
                                      % (where, core.applied, len(node.store)))
@@ -74,7 +75,7 @@ class Checker:
         if commit > len(node.store):
             raise InvariantViolation("%s: commit point %d is beyond the store's %d entries"
                                      % (where, commit, len(node.store)))
-        start = min(self._checked_commit.get(node.id, 0), commit)   # a snapshot may move it back
+        start = min(self._checked_commit.get(node, 0), commit)   # a snapshot may move it back
         for seq in range(start + 1, commit + 1):
             entry = node.store[seq - 1]
             if seq <= len(self.committed):
@@ -83,7 +84,7 @@ class Checker:
                                              % (where, seq, _show(entry), _show(self.committed[seq - 1])))
             else:
                 self.committed.append(entry)
-        self._checked_commit[node.id] = commit
+        self._checked_commit[node] = commit
 
     def _check_is_committed(self, write, where: str) -> None:
         entry = self.committed[write.seq - 1] if write.seq <= len(self.committed) else None
@@ -97,7 +98,10 @@ class Checker:
         holder = self.leader_of_term.setdefault(core.term, node.id)
         if holder != node.id:
             raise InvariantViolation("%s: leads term %d, which node %d led already" % (where, core.term, holder))
-        checked, log_end = self._leader_seen.get((node.id, core.term), (0, 0))
+        if node.id not in core.members:
+            raise InvariantViolation("%s: leads term %d outside its own membership %s"
+                                     % (where, core.term, sorted(core.members)))
+        checked, log_end = self._leader_seen.get((node, core.term), (0, 0))
         if core.log.last_seq < log_end:
             raise InvariantViolation("%s: a leader's log shrank from %d to %d entries in term %d"
                                      % (where, log_end, core.log.last_seq, core.term))
@@ -105,7 +109,7 @@ class Checker:
             if write.term <= core.term and not _holds(node, write):
                 raise InvariantViolation("%s: leader of term %d lacks %s"
                                          % (where, core.term, _show_write(write)))
-        self._leader_seen[(node.id, core.term)] = (len(self.acked), core.log.last_seq)
+        self._leader_seen[(node, core.term)] = (len(self.acked), core.log.last_seq)
 
     # -- at the end of a run -----------------------------------------------------------------
 

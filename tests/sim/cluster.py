@@ -198,6 +198,8 @@ class Sim:
 
     def join(self, node_id: int, via: int, store: Optional[list] = None) -> SimNode:
         """Start node `node_id` and have it join through node `via` (its driver retries until taken)."""
+        if node_id in self.nodes:
+            raise ValueError("node %d is running already" % node_id)
         node = self._add_node(node_id, store if store is not None else [])
         node.joining = True
         self.note("n%d starts, joins via n%d (store of %d entries)", node_id, via, len(node.store))
@@ -359,8 +361,11 @@ class Sim:
         elif reply.status == REDIRECT:
             self._send_join(node, reply.leader.node_id)
         elif reply.status == REFUSED:
+            # The process exits (status 2): nothing of it runs any more.
             node.joining = False
             node.join_refused = reply.message
+            node.alive = False
+            del self.nodes[node.id]
         # NO_LEADER: the retry timer asks again
 
     # -- the network -------------------------------------------------------------------------
