@@ -107,6 +107,7 @@ class NetworkFaults:
     max_delay: float = 0.01        # latency is uniform in [0.001, max_delay]; a wide range reorders
     cut: set = field(default_factory=set)            # directed links (src, dst) that lose everything
     isolated: set = field(default_factory=set)       # nodes cut from every other node
+    held: set = field(default_factory=set)           # directed links whose messages wait for `release`
     drop_types: set = field(default_factory=set)     # message types lost on every link
 
     def link_up(self, src: int, dst: int) -> bool:
@@ -143,6 +144,7 @@ class Sim:
         self.faults = NetworkFaults()
         self.checker = Checker()
         self.writes: list[Write] = []
+        self._held: list = []                    # (src, dst, message) waiting on a held link
         self._queue: list = []
         self._order = itertools.count()
         self._last_id = 0
@@ -395,6 +397,9 @@ class Sim:
             if self.trace:
                 self.note("n%d -> n%d LOST (cut in flight) %s", src.id, dst.id, describe(message))
             return
+        if (src.id, dst.id) in self.faults.held:
+            self._held.append((src, dst, message))
+            return
         if dst.paused:
             dst.deferred.append((self._deliver, (src, dst, message)))
             return
@@ -446,8 +451,24 @@ class Sim:
                         self.faults.cut |= {(a, b), (b, a)}
         self.note("network: partition %s", " | ".join(str(sorted(g)) for g in groups))
 
+    def hold(self, a: int, b: int) -> None:
+        """Keep every message from a to b, those in flight included, until `release(a, b)`."""
+        self.faults.held.add((a, b))
+        self.note("network: holding n%d -> n%d", a, b)
+
+    def release(self, a: int, b: int) -> None:
+        """Deliver what a held link kept, in order, and let messages through again."""
+        self.faults.held.discard((a, b))
+        self.note("network: releasing n%d -> n%d", a, b)
+        kept = [m for m in self._held if (m[0].id, m[1].id) == (a, b)]
+        self._held = [m for m in self._held if (m[0].id, m[1].id) != (a, b)]
+        for src, dst, message in kept:
+            self._at(self.now, self._deliver, src, dst, message)
+
     def heal_network(self) -> None:
-        """Every link up, no loss, no duplicates, short delays."""
+        """Every link up, no loss, no duplicates, short delays; held messages go."""
+        for a, b in sorted(self.faults.held):
+            self.release(a, b)
         self.faults = NetworkFaults()
         self.note("network: healed")
 
