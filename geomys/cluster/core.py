@@ -378,10 +378,11 @@ class Core:
         return self._flush()
 
     def joined(self, leader: NodeAddress, term: int, now: float) -> list:
-        """A leader took this node as a learner (after a Join the driver sent)."""
+        """A leader took this node as a learner (after a Join the driver sent): take its state."""
         self._now = now
         self.known[leader.node_id] = leader
         self._follow(leader.node_id, term, now)
+        self._start_snapshot(leader.node_id)
         return self._flush()
 
     def snapshot_installed(self, seq: int, term: int, members: dict[int, NodeAddress], now: float) -> list:

@@ -275,6 +275,9 @@ class ClusterNode:
                                    "a write's outcome is unknown")
                 if not core.is_leader and seq <= write_seq:
                     raise NoLeader("this node no longer leads; the write's outcome is unknown")
+                if not core.is_leader and not core.leader_alive(self.now()):
+                    raise NoLeader("this node holds writes the cluster has not confirmed, and no leader "
+                                   "is known to confirm or replace them; try again shortly")
                 remaining = deadline - self.now()
                 if remaining <= 0:
                     raise NoLeader("this node holds writes the cluster has not confirmed; try again shortly")
