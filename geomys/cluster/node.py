@@ -74,7 +74,7 @@ class ClusterNode:
         timing = Timing(config.heartbeat_interval, config.failure_timeout)
         self.core = Core(me, timing, rng or random.Random(), Log(config.backlog_entries, config.backlog_bytes))
         self.transport = transport or GrpcTransport(config.rpc_timeout, config.max_request_bytes + (4 << 20),
-                                                    config.cluster_secret)
+                                                    config.cluster_secret, self.receive)
         # One lock for the core and the store: a write's entry is proposed in the
         # same hold of the lock that applied it, so log order is apply order.
         self.lock = self.store.lock
@@ -131,12 +131,24 @@ class ClusterNode:
         self.store.owns_expiry = leading
         self._changed.notify_all()
 
-    def receive(self, messages: list) -> None:
-        """Core messages arrived from another node, in order (gRPC thread)."""
+    def receive(self, messages: list, answer_inline: bool = False) -> list:
+        """Core messages arrived from one node, in order (a gRPC or stream thread).
+
+        With `answer_inline`, the messages the core sends back to that node are
+        returned, for the caller to answer on the same stream, instead of sent.
+        """
+        answers = []
         with self.lock:
             now = self.now()
             for message in messages:
-                self._run(self.core.step(message, now))
+                actions = self.core.step(message, now)
+                if answer_inline:
+                    for action in actions:
+                        if type(action) is core_mod.Send and action.to == message.src:
+                            answers.append(action.message)
+                    actions = [a for a in actions if type(a) is not core_mod.Send or a.to != message.src]
+                self._run(actions)
+        return answers
 
     def ask(self, message: core_mod.Message) -> core_mod.Message:
         """Step a message that wants its answer back on the call (Join, Leave); return that answer."""

@@ -24,14 +24,15 @@ class ClusterService(pb_grpc.ClusterServicer):
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
 
-    def Deliver(self, request_iterator, context):
+    def Exchange(self, request_iterator, context):
         for batch in request_iterator:
             try:
                 messages = [wire.from_pb(envelope) for envelope in batch.messages]
             except wire.WireError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            self.node.receive(messages)
-        return pb.Delivered()
+            answers = self.node.receive(messages, answer_inline=True)
+            if answers:
+                yield pb.Batch(messages=[wire.to_pb(m) for m in answers])
 
     def Ask(self, request, context):
         try:

@@ -1,8 +1,9 @@
 """Calls to other nodes over gRPC: one ordered message stream per peer, and a few plain calls.
 
 `GrpcTransport` carries the consensus core's messages: each peer gets one
-long-lived `Deliver` stream fed from a queue, so messages arrive in order and
-a new batch never waits for the previous answer (pipelining). `call` and
+long-lived `Exchange` stream fed from a queue, so messages arrive in order
+and a new batch never waits for the previous answer (pipelining); the peer's
+answers come back on the same stream and go to `deliver`. `call` and
 `sync` are blocking calls with a deadline. `grpc.RpcError` never leaves this
 module: a failed call raises PeerUnavailable, a broken stream is reported by
 `take_unreachable`. Called from client-handler, ticker and sync threads; the
@@ -24,7 +25,7 @@ from .pb import cluster_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 SECRET_HEADER = "geomys-cluster-secret"
-STREAM_SECONDS = 300.0     # a Deliver stream is reopened this often (every call has a deadline)
+STREAM_SECONDS = 300.0     # an Exchange stream is reopened this often (every call has a deadline)
 QUEUE_LIMIT = 10000        # messages queued for one peer; more are dropped (the protocol resends)
 
 
@@ -52,8 +53,10 @@ def channel_options(max_message_bytes: int) -> list:
 class GrpcTransport:
     """Stubs to other nodes keyed by gRPC address, and one message stream per peer id."""
 
-    def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str]) -> None:
+    def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str],
+                 deliver: Callable[[list], object]) -> None:
         self.rpc_timeout = rpc_timeout
+        self.deliver = deliver
         self._options = channel_options(max_message_bytes)
         self._metadata = ((SECRET_HEADER, secret),) if secret else ()
         self._stubs: dict[str, pb_grpc.ClusterStub] = {}
@@ -134,7 +137,8 @@ class GrpcTransport:
 
 
 class _Stream:
-    """One peer's outgoing messages: a queue and the thread that keeps a Deliver stream open."""
+    """One peer's outgoing messages: a queue, and the thread that keeps an Exchange stream open and
+    hands the peer's answers on."""
 
     def __init__(self, transport: GrpcTransport, peer: int, address: str) -> None:
         self.transport = transport
@@ -178,9 +182,13 @@ class _Stream:
                     return
                 self._up = True
             try:
-                self.transport._stub(self.address).Deliver(
+                answers = self.transport._stub(self.address).Exchange(
                     self._batches(), timeout=STREAM_SECONDS, metadata=self.transport._metadata)
+                for batch in answers:
+                    self.transport.deliver([wire.from_pb(m) for m in batch.messages])
                 backoff = 0.05
+            except wire.WireError as exc:
+                logger.warning("unreadable answer from node %d: %s", self.peer, exc)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     logger.debug("stream to node %d broke: %s", self.peer, _describe(exc))
@@ -211,7 +219,7 @@ class SecretInterceptor(grpc.ServerInterceptor):
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_sync = grpc.unary_stream_rpc_method_handler(deny)
-        self._deny_deliver = grpc.stream_unary_rpc_method_handler(deny)
+        self._deny_exchange = grpc.stream_stream_rpc_method_handler(deny)
 
     def intercept_service(self, continuation, handler_call_details):
         metadata = dict(handler_call_details.invocation_metadata or ())
@@ -221,4 +229,4 @@ class SecretInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method.endswith("/Sync"):
             return self._deny_sync
-        return self._deny_deliver if method.endswith("/Deliver") else self._deny
+        return self._deny_exchange if method.endswith("/Exchange") else self._deny

@@ -146,7 +146,7 @@ INTRUDER = NodeAddress(9, "127.0.0.1:1", "127.0.0.1:2")
 INTRUSIONS = {
     "Forward": lambda: pb.ForwardRequest(
         requests=[msgpack.packb({"command": "SET", "key": "intruder", "value": "x"})], from_node=9),
-    "Deliver": lambda: iter([pb.Batch(messages=[wire.to_pb(core.NewLeader(9, 99)),
+    "Exchange": lambda: iter([pb.Batch(messages=[wire.to_pb(core.NewLeader(9, 99)),
                                                 wire.to_pb(core.Append(9, 99, -1, 0, (), 0))])]),
     "Ask": lambda: wire.to_pb(core.Join(9, 0, INTRUDER, True)),
     "Sync": lambda: pb.SyncRequest(node_id=9),

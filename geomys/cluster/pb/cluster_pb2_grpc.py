@@ -34,10 +34,10 @@ class ClusterStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Deliver = channel.stream_unary(
-                '/geomys.cluster.Cluster/Deliver',
+        self.Exchange = channel.stream_stream(
+                '/geomys.cluster.Cluster/Exchange',
                 request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Delivered.FromString,
+                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.FromString,
                 _registered_method=True)
         self.Ask = channel.unary_unary(
                 '/geomys.cluster.Cluster/Ask',
@@ -59,8 +59,9 @@ class ClusterStub:
 class ClusterServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Deliver(self, request_iterator, context):
-        """Core messages from the caller, in order, batched as they queue up.
+    def Exchange(self, request_iterator, context):
+        """Core messages from the caller, in order, batched as they queue up; the
+        callee's answers to them come back on the same call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,10 +92,10 @@ class ClusterServicer:
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Deliver': grpc.stream_unary_rpc_method_handler(
-                    servicer.Deliver,
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
                     request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Delivered.SerializeToString,
+                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.SerializeToString,
             ),
             'Ask': grpc.unary_unary_rpc_method_handler(
                     servicer.Ask,
@@ -123,7 +124,7 @@ class Cluster:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Deliver(request_iterator,
+    def Exchange(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -133,12 +134,12 @@ class Cluster:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/geomys.cluster.Cluster/Deliver',
+            '/geomys.cluster.Cluster/Exchange',
             geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.Delivered.FromString,
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.FromString,
             options,
             channel_credentials,
             insecure,
