@@ -1,6 +1,6 @@
 """The append-only file: record codec, group-commit/buffered flusher, replay, repair, compaction.
 
-Imports only msgpack, geomys.records (to validate decoded records) and
+Imports only geomys.records (the record encoding) and
 geomys.errors, never the store or the commands. Client-handler threads call
 `append` (store lock held) and `wait` (no lock); the `aof-flusher` thread does
 every write and fsync; COMPACT handlers and the `aof-compactor` thread run
@@ -20,7 +20,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, NoReturn, Optional
 
-import msgpack
 
 from . import records
 from .errors import BadRequest, InternalError
@@ -53,7 +52,7 @@ class AofError(Exception):
 
 def encode_frame(record: tuple) -> bytes:
     """Encode one effect record as a framed MessagePack array (str stays str, bytes stays bin)."""
-    payload = msgpack.packb(record, use_bin_type=True)
+    payload = records.pack(record)
     length = struct.pack(">I", len(payload))
     # The CRC covers the length too, so a run of zero bytes (length 0, CRC 0)
     # left by a power loss never passes for a record.
@@ -63,12 +62,9 @@ def encode_frame(record: tuple) -> bytes:
 def decode_payload(payload: bytes) -> tuple:
     """Decode a frame's payload back to a validated record tuple; raise ValueError if it is not one."""
     try:
-        value = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False)
-        return records.validate(value)
+        return records.unpack(payload)
     except BadRequest as exc:
         raise ValueError(exc.message) from None
-    except Exception as exc:  # msgpack reports bad bytes through several exception types
-        raise ValueError("payload is not MessagePack (%s)" % type(exc).__name__) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,15 @@ A record is a tuple whose first item names the effect:
                                                the cluster's membership from here on;
                                                no effect on the keyspace
 
-The store produces them as it changes; the append-only file and replication
-carry them; `apply` replays them. Pure: imports only the store and errors.
+The store produces them as it changes; the append-only file, replication and
+snapshots carry them in one encoding (`pack` / `unpack`, MessagePack with str
+kept apart from bin); `apply` replays them. Imports only msgpack, the store
+and errors.
 """
 
 from collections import deque
+
+import msgpack
 
 from .errors import BadRequest
 from .store import Store
@@ -62,6 +66,20 @@ def validate(rec) -> tuple:
     if check is None or not check(rec):
         raise BadRequest("malformed record of type %s" % type(rec).__name__)
     return rec
+
+
+def pack(rec: tuple) -> bytes:
+    """Encode a record: the bytes the append-only file frames and nodes send each other."""
+    return msgpack.packb(rec, use_bin_type=True)
+
+
+def unpack(data: bytes) -> tuple:
+    """Decode and validate an encoded record; raise BadRequest if the bytes are not one."""
+    try:
+        value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack reports bad bytes through several exception types
+        raise BadRequest("record is not MessagePack (%s)" % type(exc).__name__) from None
+    return validate(value)
 
 
 def apply(store: Store, rec: tuple) -> None:

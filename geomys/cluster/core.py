@@ -343,7 +343,7 @@ class Core:
         self.takeover: Optional[TakeOver] = None
         self.next_round = float("-inf")
         self.next_join = float("-inf")
-        self.stats = {"elections": 0, "catchups_from_backlog": 0}
+        self.stats = {"elections": 0, "catchups_from_backlog": 0, "copies_before_leading": 0}
         self._now = 0.0                    # the time of the latest input
         self._out: list = []
 
@@ -381,10 +381,11 @@ class Core:
         return self._flush()
 
     def joined(self, leader: NodeAddress, term: int, now: float) -> list:
-        """A leader took this node as a learner (after a Join the driver sent)."""
+        """A leader took this node as a learner (after a Join the driver sent): take its state."""
         self._now = now
         self.known[leader.node_id] = leader
         self._follow(leader.node_id, term, now)
+        self._start_snapshot(leader.node_id, "a joining node takes the leader's state")
         return self._flush()
 
     def snapshot_installed(self, seq: int, term: int, members: dict[int, NodeAddress], now: float) -> list:
@@ -542,19 +543,27 @@ class Core:
     def _send_append(self, peer: int, heartbeat: bool = False) -> None:
         """Send `peer` what it lacks, within the in-flight window; or a heartbeat."""
         p = self.progress[peer]
-        if not heartbeat and (p.state == SNAPSHOT or p.inflight >= (MAX_INFLIGHT if p.state == REPLICATE else 1)):
+        log = self.log
+        if p.state == SNAPSHOT:
+            if heartbeat:
+                # It is fetching a snapshot: a probe at the end of the log keeps it
+                # following and, once it has the snapshot, asks where its log now ends.
+                self._send(peer, Append(self.id, self.term, log.last_seq, log.last_term, (), self.commit))
+                p.last_sent = self._now
+            return
+        if not heartbeat and p.inflight >= (MAX_INFLIGHT if p.state == REPLICATE else 1):
             return
         prev = p.next_seq - 1
-        if not self.log.covers(prev):
+        if not log.covers(prev):
             # The log no longer reaches back to where the follower's ends: it needs a snapshot.
             p.state, p.inflight = SNAPSHOT, 0
             self._send(peer, Append(self.id, self.term, -1, 0, (), self.commit))
             p.last_sent = self._now
             return
-        entries = tuple(self.log.after(prev, APPEND_BATCH, APPEND_BATCH_BYTES)) if p.state != SNAPSHOT else ()
+        entries = tuple(log.after(prev, APPEND_BATCH, APPEND_BATCH_BYTES))
         if not entries and not heartbeat and p.commit_sent >= self.commit:
             return
-        self._send(peer, Append(self.id, self.term, prev, self.log.term_at(prev), entries, self.commit))
+        self._send(peer, Append(self.id, self.term, prev, log.term_at(prev), entries, self.commit))
         if entries:
             p.next_seq = entries[-1].seq + 1
         p.inflight += 1
@@ -584,11 +593,10 @@ class Core:
                 p.state = REPLICATE
             self._advance_commit()
         else:
-            # The follower's log ends elsewhere: resend, one batch at a time, from its hint.
-            # The hint may be ahead of next_seq (its log was reset by a snapshot, or starts
-            # after what was sent): follow it there too, or the same refusal repeats forever.
+            # The follower's log ends elsewhere (or it just took a snapshot): resend,
+            # one batch at a time, from where it says its log agrees.
             p.state, p.inflight = PROBE, 0
-            p.next_seq = max(m.last_seq, p.match) + 1
+            p.next_seq = max(min(m.last_seq, self.log.last_seq), p.match) + 1
         self._send_append(m.src)
 
     def _advance_commit(self) -> None:
@@ -665,7 +673,7 @@ class Core:
             self._send(m.src, AppendReply(self.id, self.term, False, self.log.last_seq))
             return
         if self.syncing or m.prev_seq < 0:
-            self._start_snapshot(m.src)
+            self._start_snapshot(m.src, "the leader's log no longer reaches back to this one's end")
             self._send(m.src, AppendReply(self.id, self.term, False, self.log.last_seq, syncing=True))
             return
         log = self.log
@@ -676,7 +684,7 @@ class Core:
         if log.term_at(m.prev_seq) != m.prev_term:
             if m.prev_seq <= self.applied:
                 # The store holds an entry the leader's log does not: only a snapshot can undo it.
-                self._start_snapshot(m.src)
+                self._start_snapshot(m.src, "this store holds entries the leader's log replaced")
                 self._send(m.src, AppendReply(self.id, self.term, False, log.last_seq, syncing=True))
                 return
             # Entries after the commit point may differ from the leader's: resend from there.
@@ -689,7 +697,7 @@ class Core:
                 if entry.seq <= self.applied:
                     # The store holds an entry the leader's log replaces: only a snapshot can undo it.
                     self._truncate(entry.seq - 1)
-                    self._start_snapshot(m.src)
+                    self._start_snapshot(m.src, "this store holds entries the leader's log replaced")
                     self._send(m.src, AppendReply(self.id, self.term, False, log.last_seq, syncing=True))
                     return
                 self._truncate(entry.seq - 1)
@@ -720,8 +728,9 @@ class Core:
         if entries:
             self._out.append(Apply(tuple(entries)))
 
-    def _start_snapshot(self, peer: int) -> None:
+    def _start_snapshot(self, peer: int, why: str) -> None:
         if not self.syncing:
+            logger.info("node %d takes a snapshot from node %d: %s", self.id, peer, why)
             self.syncing = True
             self._out.append(FetchSnapshot(peer))
 
@@ -884,6 +893,8 @@ class Core:
             self.syncing = True
             self._out.append(FetchSnapshot(m.src))
             return
+        if m.entries:
+            self.stats["copies_before_leading"] += 1
         for entry in m.entries:
             if entry.seq <= self.commit or entry.seq <= self.log.base_seq:
                 continue
@@ -894,7 +905,7 @@ class Core:
                     # The store holds an entry the best log replaces (this node led alone
                     # for a while): only a snapshot can undo it, as on a follower.
                     self._truncate(entry.seq - 1)
-                    self._start_snapshot(m.src)
+                    self._start_snapshot(m.src, "this store holds entries the best log replaced")
                     return
                 self._truncate(entry.seq - 1)
             self.log.append(entry)

@@ -81,8 +81,11 @@ class Log:
         del self._entries[index:]
 
     def trim(self, upto: int) -> None:
-        """Drop the oldest entries while over either bound, but none after `upto` (the commit point)."""
-        while len(self) and (len(self) > self.max_entries or self._bytes > self.max_bytes):
+        """Drop the oldest entries while over either bound, but none after `upto` (the commit point).
+
+        The newest entry stays even when it alone is over max_bytes.
+        """
+        while len(self) > self.max_entries or (self._bytes > self.max_bytes and len(self) > 1):
             oldest = self._entries[self._head]
             if oldest.seq > upto:
                 break

@@ -1,4 +1,4 @@
-"""The gRPC servicer: thin translation from calls to ClusterNode handlers.
+"""The gRPC servicer: thin translation from calls to the ClusterNode driver.
 
 Runs on the grpc.server thread pool. Sizing leaves headroom for heartbeats and
 elections beside forwarded blocking pops (which ClusterNode also bounds).
@@ -9,7 +9,9 @@ from concurrent import futures
 
 import grpc
 
+from . import core, wire
 from .node import ClusterNode
+from .pb import cluster_pb2 as pb
 from .pb import cluster_pb2_grpc as pb_grpc
 from .transport import SecretInterceptor, channel_options
 
@@ -22,32 +24,30 @@ class ClusterService(pb_grpc.ClusterServicer):
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
 
-    def Heartbeat(self, request, context):
-        return self.node.on_heartbeat(request)
+    def Exchange(self, request_iterator, context):
+        for batch in request_iterator:
+            try:
+                messages = [wire.from_pb(envelope) for envelope in batch.messages]
+            except wire.WireError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            answers = self.node.receive(messages, answer_inline=True)
+            if answers:
+                yield pb.Batch(messages=[wire.to_pb(m) for m in answers])
 
-    def Join(self, request, context):
-        return self.node.on_join(request)
-
-    def Sync(self, request, context):
-        return self.node.serve_sync(request)
-
-    def AppendEntries(self, request, context):
-        return self.node.on_append(request)
+    def Ask(self, request, context):
+        try:
+            message = wire.from_pb(request)
+        except wire.WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if type(message) not in (core.Join, core.Leave):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Ask takes a Join or a Leave")
+        return wire.to_pb(self.node.ask(message))
 
     def Forward(self, request, context):
         return self.node.on_forward(request)
 
-    def RequestVote(self, request, context):
-        return self.node.on_vote(request)
-
-    def CanYouLead(self, request, context):
-        return self.node.on_can_you_lead(request)
-
-    def NewLeader(self, request, context):
-        return self.node.on_new_leader(request)
-
-    def Leave(self, request, context):
-        return self.node.on_leave(request)
+    def Sync(self, request, context):
+        return self.node.serve_sync(request)
 
 
 class PortUnavailable(Exception):

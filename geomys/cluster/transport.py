@@ -1,19 +1,32 @@
-"""Calls to other nodes: one reused gRPC channel per peer, a deadline on every call.
+"""Calls to other nodes over gRPC: one ordered message stream per peer, and a few plain calls.
 
-`grpc.RpcError` never leaves this module: a failed call raises PeerUnavailable.
-Called from the cluster's ticker, sender and client-handler threads.
+`GrpcTransport` carries the consensus core's messages: each peer gets one
+long-lived `Exchange` stream fed from a queue, so messages arrive in order
+and a new batch never waits for the previous answer (pipelining); the peer's
+answers come back on the same stream and go to `deliver`. `call` and
+`sync` are blocking calls with a deadline. `grpc.RpcError` never leaves this
+module: a failed call raises PeerUnavailable, a broken stream is reported by
+`take_unreachable`. Called from client-handler, ticker and sync threads; the
+stream threads are its own.
 """
 
+import collections
 import hmac
+import logging
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import grpc
 
+from . import wire
 from .pb import cluster_pb2 as pb
 from .pb import cluster_pb2_grpc as pb_grpc
 
+logger = logging.getLogger(__name__)
+
 SECRET_HEADER = "geomys-cluster-secret"
+STREAM_SECONDS = 300.0     # an Exchange stream is reopened this often (every call has a deadline)
+QUEUE_LIMIT = 10000        # messages queued for one peer; more are dropped (the protocol resends)
 
 
 class PeerUnavailable(Exception):
@@ -28,19 +41,30 @@ def channel_options(max_message_bytes: int) -> list:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
         ("grpc.min_reconnect_backoff_ms", 100),
+        # A peer cut off without a reset (a dropped route) breaks its stream within seconds.
+        ("grpc.keepalive_time_ms", 1000),
+        ("grpc.keepalive_timeout_ms", 2000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 
-class Peers:
-    """Blocking stubs to other nodes, keyed by gRPC address."""
+class GrpcTransport:
+    """Stubs to other nodes keyed by gRPC address, and one message stream per peer id."""
 
-    def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str]) -> None:
+    def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str],
+                 deliver: Callable[[list], object]) -> None:
         self.rpc_timeout = rpc_timeout
+        self.deliver = deliver
         self._options = channel_options(max_message_bytes)
         self._metadata = ((SECRET_HEADER, secret),) if secret else ()
         self._stubs: dict[str, pb_grpc.ClusterStub] = {}
         self._channels: dict[str, grpc.Channel] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._unreachable: set[int] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def _stub(self, address: str) -> pb_grpc.ClusterStub:
         with self._lock:
@@ -51,6 +75,28 @@ class Peers:
                 stub = self._stubs[address] = pb_grpc.ClusterStub(channel)
             return stub
 
+    def send(self, to: int, address: str, message) -> None:
+        """Queue a core message for node `to` at `address`; never blocks."""
+        with self._lock:
+            if self._closed:
+                return
+            stream = self._streams.get(to)
+            if stream is None or stream.address != address:
+                if stream is not None:
+                    stream.close()
+                stream = self._streams[to] = _Stream(self, to, address)
+        stream.put(message)
+
+    def take_unreachable(self) -> set[int]:
+        """The peers whose stream broke since the last call (their queued messages were dropped)."""
+        with self._lock:
+            peers, self._unreachable = self._unreachable, set()
+        return peers
+
+    def _report(self, peer: int) -> None:
+        with self._lock:
+            self._unreachable.add(peer)
+
     def call(self, address: str, method: str, request, timeout: Optional[float] = None):
         """Call `method` on the node at `address`; raise PeerUnavailable on any failure."""
         try:
@@ -58,6 +104,14 @@ class Peers:
                 request, timeout=timeout or self.rpc_timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise PeerUnavailable("%s on %s failed: %s" % (method, address, _describe(exc))) from None
+
+    def ask(self, address: str, message, timeout: Optional[float] = None):
+        """Send one core message with `Ask` and return the core message that answers it."""
+        reply = self.call(address, "Ask", wire.to_pb(message), timeout)
+        try:
+            return wire.from_pb(reply)
+        except wire.WireError as exc:
+            raise PeerUnavailable("unreadable answer from %s: %s" % (address, exc)) from None
 
     def sync(self, address: str, request: pb.SyncRequest, timeout: float) -> Iterator[pb.SyncChunk]:
         """Stream the chunks of a Sync from `address`; raise PeerUnavailable if it breaks."""
@@ -68,12 +122,84 @@ class Peers:
             raise PeerUnavailable("Sync from %s failed: %s" % (address, _describe(exc))) from None
 
     def close(self) -> None:
-        """Close every channel."""
+        """Stop every stream and close every channel."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            stream.close()
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+
+
+class _Stream:
+    """One peer's outgoing messages: a queue, and the thread that keeps an Exchange stream open and
+    hands the peer's answers on."""
+
+    def __init__(self, transport: GrpcTransport, peer: int, address: str) -> None:
+        self.transport = transport
+        self.peer = peer
+        self.address = address
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._up = True           # optimistic until a call fails
+        self._closed = False
+        threading.Thread(target=self._run, name="stream-%d" % peer, daemon=True).start()
+
+    def put(self, message) -> None:
+        with self._cond:
+            if not self._up or len(self._queue) >= QUEUE_LIMIT:
+                return   # dropped; a broken stream is reported by the thread
+            self._queue.append(message)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _batches(self) -> Iterator[pb.Batch]:
+        """Everything queued so far, as one batch per wake-up; ends when the stream is closed."""
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                messages = list(self._queue)
+                self._queue.clear()
+            yield pb.Batch(messages=[wire.to_pb(m) for m in messages])
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                self._up = True
+            try:
+                answers = self.transport._stub(self.address).Exchange(
+                    self._batches(), timeout=STREAM_SECONDS, metadata=self.transport._metadata)
+                for batch in answers:
+                    self.transport.deliver([wire.from_pb(m) for m in batch.messages])
+                backoff = 0.05
+            except wire.WireError as exc:
+                logger.warning("unreadable answer from node %d: %s", self.peer, exc)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    logger.debug("stream to node %d broke: %s", self.peer, _describe(exc))
+                    with self._cond:
+                        self._up = False
+                        self._queue.clear()
+                    self.transport._report(self.peer)
+                    with self._cond:
+                        if not self._closed:
+                            self._cond.wait(backoff)
+                    backoff = min(backoff * 2, 1.0)
 
 
 def _describe(exc: grpc.RpcError) -> str:
@@ -92,11 +218,15 @@ class SecretInterceptor(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster secret")
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_sync = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_exchange = grpc.stream_stream_rpc_method_handler(deny)
 
     def intercept_service(self, continuation, handler_call_details):
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = metadata.get(SECRET_HEADER)
         if isinstance(given, str) and hmac.compare_digest(given.encode(), self._secret.encode()):
             return continuation(handler_call_details)
-        return self._deny_stream if handler_call_details.method.endswith("/Sync") else self._deny
+        method = handler_call_details.method
+        if method.endswith("/Sync"):
+            return self._deny_sync
+        return self._deny_exchange if method.endswith("/Exchange") else self._deny

@@ -20,9 +20,10 @@ import msgpack
 import pytest
 
 from geomys import engine
-from geomys.cluster import transport
+from geomys.cluster import core, transport, wire
 from geomys.cluster.pb import cluster_pb2 as pb
 from geomys.cluster.pb import cluster_pb2_grpc as pb_grpc
+from geomys.cluster.rules import NodeAddress
 from geomys.net import PREAUTH_MAX_REQUEST_BYTES
 from tests.fakes import Harness, assert_error
 from tests.helpers import (HOST, frame_of_size, process_status, process_threads, read_until_closed,
@@ -130,7 +131,7 @@ def test_the_cluster_secret_is_compared_with_compare_digest(compare_digest_calls
     admitted = object()  # what the interceptor hands on when it lets a call through
 
     def intercept(secret):
-        details = HandlerCallDetails("/geomys.cluster.Cluster/Heartbeat", ((transport.SECRET_HEADER, secret),))
+        details = HandlerCallDetails("/geomys.cluster.Cluster/Ask", ((transport.SECRET_HEADER, secret),))
         return interceptor.intercept_service(lambda _: admitted, details)
 
     assert intercept("wrong-secret!") is not admitted
@@ -140,16 +141,15 @@ def test_the_cluster_secret_is_compared_with_compare_digest(compare_digest_calls
 
 # -- cluster_secret on every gRPC method ------------------------------------------------------
 
-# Requests that would change the node if they were let through.
+# Requests that would change the node if they were let through (factories: a stream is used up once sent).
+INTRUDER = NodeAddress(9, "127.0.0.1:1", "127.0.0.1:2")
 INTRUSIONS = {
-    "Forward": pb.ForwardRequest(requests=[msgpack.packb({"command": "SET", "key": "intruder", "value": "x"})],
-                                 from_node=9),
-    "NewLeader": pb.NewLeaderRequest(term=99, leader_id=9),
-    "AppendEntries": pb.AppendRequest(term=99, leader_id=9, prev_seq=-1),
-    "Leave": pb.LeaveRequest(node_id=1, term=99),
-    "Join": pb.JoinRequest(node=pb.NodeInfo(node_id=9, client_address="127.0.0.1:1", grpc_address="127.0.0.1:2")),
-    "CanYouLead": pb.CanYouLeadRequest(candidate_id=9, term=99, voters=[9]),
-    "Heartbeat": pb.HeartbeatRequest(node_id=9, term=99),
+    "Forward": lambda: pb.ForwardRequest(
+        requests=[msgpack.packb({"command": "SET", "key": "intruder", "value": "x"})], from_node=9),
+    "Exchange": lambda: iter([pb.Batch(messages=[wire.to_pb(core.NewLeader(9, 99)),
+                                                wire.to_pb(core.Append(9, 99, -1, 0, (), 0))])]),
+    "Ask": lambda: wire.to_pb(core.Join(9, 0, INTRUDER, True)),
+    "Sync": lambda: pb.SyncRequest(node_id=9),
 }
 
 
@@ -165,14 +165,13 @@ def test_every_cluster_rpc_is_refused_without_the_right_secret(start_server):
     wait_until(lambda: node.info()["role"] == "leader", timeout=10, message="the node to lead")
     before = observable(node.info())
     methods = pb.DESCRIPTOR.services_by_name["Cluster"].methods
-    assert {m.name for m in methods} >= set(INTRUSIONS) | {"Sync", "RequestVote"}
+    assert {m.name for m in methods} == set(INTRUSIONS)
     with grpc.insecure_channel("%s:%d" % (HOST, node.port + 1000)) as channel:
         stub = pb_grpc.ClusterStub(channel)
         for method in methods:
-            request = INTRUSIONS.get(method.name) or getattr(pb, method.input_type.name)()
             for metadata in [(), ((transport.SECRET_HEADER, "wrong"),), ((transport.SECRET_HEADER, SECRET[:-1]),)]:
                 with pytest.raises(grpc.RpcError) as refused:
-                    result = getattr(stub, method.name)(request, timeout=5, metadata=metadata)
+                    result = getattr(stub, method.name)(INTRUSIONS[method.name](), timeout=5, metadata=metadata)
                     if method.server_streaming:
                         list(result)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method.name, metadata)
@@ -183,7 +182,10 @@ def test_every_cluster_rpc_is_refused_without_the_right_secret(start_server):
         reply = stub.Forward(pb.ForwardRequest(requests=[msgpack.packb({"command": "SET", "key": "k", "value": "v"})],
                                                from_node=1), timeout=5, metadata=right)
         assert [msgpack.unpackb(r) for r in reply.replies] == [OK]
-        assert stub.RequestVote(pb.VoteRequest(candidate_id=1, term=0), timeout=5, metadata=right).node_id == 1
+        # A Join with a taken id, not assigned by the leader: refused, and answered.
+        join = core.Join(5, 0, NodeAddress(1, "127.0.0.1:1", "127.0.0.1:2"))
+        taken = wire.from_pb(stub.Ask(wire.to_pb(join), timeout=5, metadata=right))
+        assert taken.status == core.REFUSED
     assert node.call("GET", key="k") == {"status": "OK", "value": "v"}
 
 

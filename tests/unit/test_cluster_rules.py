@@ -1,4 +1,4 @@
-"""The cluster's pure rules (geomys.cluster.state): membership, liveness, election, commit, health.
+"""The cluster's pure rules (geomys.cluster.rules): membership, liveness, election, commit, health.
 
 Every function takes the time as an argument, so these tests pass explicit
 `now` values: no sockets, no sleeps, no threads.
@@ -7,9 +7,8 @@ Every function takes the time as an argument, so these tests pass explicit
 import msgpack
 import pytest
 
-from geomys.cluster import state as rules
-from geomys.cluster.state import (CANDIDATE, FOLLOWER, LEADER, LEARNER, ClusterState, NodeAddress,
-                                  VoteAnswer)
+from geomys.cluster import rules
+from geomys.cluster.rules import NodeAddress, VoteAnswer
 
 FT = 1.0      # failure_timeout used throughout
 NOW = 1000.0
@@ -258,28 +257,37 @@ def test_hearing_non_members_does_not_make_a_majority():
 # -- silent_members -------------------------------------------------------------------------------
 
 def test_silent_member_is_removed_while_the_leader_reaches_a_majority():
-    assert rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW - 5}, NOW, FT) == [3]
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW - 5}, NOW, FT, FT) == [3]
 
 
 def test_leader_isolated_from_majority_removes_nobody():
-    assert rules.silent_members(1, [1, 2, 3], {2: NOW - 5, 3: NOW - 5}, NOW, FT) == []
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW - 5, 3: NOW - 5}, NOW, FT, FT) == []
 
 
 def test_leader_of_five_removes_two_silent_members_while_three_remain():
     assert rules.silent_members(1, [1, 2, 3, 4, 5], {2: NOW, 3: NOW, 4: NOW - 9, 5: NOW - 9},
-                                NOW, FT) == [4, 5]
+                                NOW, FT, FT) == [4, 5]
 
 
 def test_leader_of_five_hearing_only_one_follower_removes_nobody():
-    assert rules.silent_members(1, [1, 2, 3, 4, 5], {2: NOW}, NOW, FT) == []
+    assert rules.silent_members(1, [1, 2, 3, 4, 5], {2: NOW}, NOW, FT, FT) == []
 
 
 def test_no_member_is_removed_when_everyone_is_heard():
-    assert rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW}, NOW, FT) == []
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW}, NOW, FT, FT) == []
+
+
+def test_leader_that_heard_a_majority_only_before_the_last_heartbeat_interval_removes_nobody():
+    # Heard within failure_timeout but not lately: it may be cut off itself, and must not shrink the cluster.
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW - 0.5, 3: NOW - 5}, NOW, FT, 0.2) == []
+
+
+def test_leader_that_heard_a_majority_within_the_last_heartbeat_interval_removes_a_silent_member():
+    assert rules.silent_members(1, [1, 2, 3], {2: NOW - 0.1, 3: NOW - 5}, NOW, FT, 0.2) == [3]
 
 
 def test_leader_never_removes_itself():
-    assert 1 not in rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW - 5}, NOW, FT)
+    assert 1 not in rules.silent_members(1, [1, 2, 3], {2: NOW, 3: NOW - 5}, NOW, FT, FT)
 
 
 # -- learner_caught_up --------------------------------------------------------------------------
@@ -296,151 +304,27 @@ def test_learner_level_with_the_leader_is_caught_up():
     assert rules.learner_caught_up(learner_seq=1000, leader_seq=1000, slack=0)
 
 
-# -- ClusterState: leader_alive ---------------------------------------------------------------
-
-def test_leader_always_considers_its_leader_alive():
-    node = ClusterState(self_id=1, role=LEADER, leader_id=1)
-    assert node.leader_alive(NOW, FT)
-
-
-def test_follower_heard_from_its_leader_recently_considers_it_alive():
-    node = ClusterState(self_id=2, role=FOLLOWER, leader_id=1, last_leader_contact=NOW - 0.5)
-    assert node.leader_alive(NOW, FT)
-
-
-def test_follower_forgets_leader_after_failure_timeout():
-    node = ClusterState(self_id=2, role=FOLLOWER, leader_id=1, last_leader_contact=NOW - FT)
-    assert not node.leader_alive(NOW, FT)
-
-
-def test_node_without_a_leader_has_no_live_leader():
-    node = ClusterState(self_id=2, role=CANDIDATE, leader_id=None, last_leader_contact=NOW)
-    assert not node.leader_alive(NOW, FT)
-
-
-# -- ClusterState: adopt_term ---------------------------------------------------------------------
-
-def test_stale_term_is_refused_and_changes_nothing():
-    node = ClusterState(self_id=2, term=5, leader_id=1, last_leader_contact=NOW - 0.5)
-    assert not node.adopt_term(4, 3, NOW)
-    assert (node.term, node.leader_id, node.role, node.last_leader_contact) == (5, 1, FOLLOWER, NOW - 0.5)
-
-
-def test_second_leader_claiming_the_current_term_is_refused():
-    node = ClusterState(self_id=3, term=5, leader_id=1)
-    assert not node.adopt_term(5, 2, NOW)
-    assert (node.term, node.leader_id) == (5, 1)
-
-
-def test_same_leader_at_the_same_term_is_accepted_and_refreshes_contact():
-    node = ClusterState(self_id=3, term=5, leader_id=1, last_leader_contact=NOW - 0.9)
-    assert node.adopt_term(5, 1, NOW)
-    assert node.last_leader_contact == NOW and node.leader_alive(NOW + 0.5, FT)
-
-
-def test_node_without_a_leader_accepts_a_leader_of_its_current_term():
-    node = ClusterState(self_id=3, role=CANDIDATE, term=5, leader_id=None)
-    assert node.adopt_term(5, 2, NOW)
-    assert (node.term, node.leader_id, node.role) == (5, 2, FOLLOWER)
-
-
-def test_higher_term_is_adopted_with_its_leader():
-    node = ClusterState(self_id=3, term=5, leader_id=1)
-    assert node.adopt_term(7, 2, NOW)
-    assert (node.term, node.leader_id, node.role, node.last_leader_contact) == (7, 2, FOLLOWER, NOW)
-
-
-def test_leader_that_adopts_a_higher_term_of_another_node_becomes_a_follower():
-    node = ClusterState(self_id=1, role=LEADER, term=3, leader_id=1)
-    assert node.adopt_term(4, 2, NOW)
-    assert (node.role, node.leader_id, node.term) == (FOLLOWER, 2, 4)
-
-
-def test_node_named_leader_of_a_higher_term_becomes_leader():
-    node = ClusterState(self_id=2, role=CANDIDATE, term=3, leader_id=None)
-    assert node.adopt_term(4, 2, NOW)
-    assert node.role == LEADER
-
-
-def test_learner_stays_a_learner_when_it_adopts_a_term():
-    node = ClusterState(self_id=4, role=LEARNER, term=0, leader_id=None)
-    assert node.adopt_term(3, 1, NOW)
-    assert (node.role, node.term, node.leader_id) == (LEARNER, 3, 1)
-
-
-def test_adopting_a_leader_forgets_nodes_suspected_in_the_election():
-    node = ClusterState(self_id=3, role=CANDIDATE, term=2, suspected={1})
-    assert node.adopt_term(3, 2, NOW)
-    assert node.suspected == set()
-
-
-def test_refused_term_keeps_suspected_nodes():
-    node = ClusterState(self_id=3, role=CANDIDATE, term=4, suspected={1})
-    assert not node.adopt_term(3, 2, NOW)
-    assert node.suspected == {1}
-
-
-# -- ClusterState: vote_answer ----------------------------------------------------------------------
-
-def test_vote_answer_names_the_live_leader():
-    node = ClusterState(self_id=3, term=4, leader_id=2, members=members_of(1, 2, 3),
-                        last_seen={1: NOW, 2: NOW}, last_leader_contact=NOW - 0.1, last_term=4)
-    got = node.vote_answer(candidate_id=1, now=NOW, failure_timeout=FT, last_seq=17)
-    assert got == VoteAnswer(node_id=3, nominee=2, term=4, last_seq=17, last_term=4)
-
-
-def test_vote_answer_names_the_smallest_live_member_after_the_leader_died():
-    node = ClusterState(self_id=4, term=4, leader_id=1, members=members_of(1, 2, 3, 4),
-                        last_seen={1: NOW - 5, 2: NOW - 5, 3: NOW - 0.2}, last_leader_contact=NOW - 5)
-    assert node.vote_answer(candidate_id=3, now=NOW, failure_timeout=FT, last_seq=0).nominee == 3
-
-
-def test_vote_answer_counts_the_asking_candidate_as_live():
-    node = ClusterState(self_id=3, term=4, leader_id=1, members=members_of(1, 2, 3),
-                        last_seen={1: NOW - 5, 2: NOW - 5}, last_leader_contact=NOW - 5)
-    assert node.vote_answer(candidate_id=2, now=NOW, failure_timeout=FT, last_seq=0).nominee == 2
-    assert node.last_seen[2] == NOW
-
-
-def test_vote_answer_skips_suspected_nodes():
-    node = ClusterState(self_id=3, term=4, leader_id=None, members=members_of(1, 2, 3),
-                        last_seen={1: NOW, 2: NOW}, suspected={1})
-    assert node.vote_answer(candidate_id=2, now=NOW, failure_timeout=FT, last_seq=0).nominee == 2
-
-
-def test_vote_answer_ignores_live_nodes_outside_the_membership():
-    node = ClusterState(self_id=3, term=4, leader_id=None, members=members_of(2, 3),
-                        last_seen={1: NOW, 2: NOW})
-    assert node.vote_answer(candidate_id=2, now=NOW, failure_timeout=FT, last_seq=0).nominee == 2
-
-
-def test_vote_answer_reports_this_nodes_log_position():
-    node = ClusterState(self_id=2, term=9, leader_id=None, members=members_of(1, 2), last_term=8)
-    got = node.vote_answer(candidate_id=1, now=NOW, failure_timeout=FT, last_seq=123)
-    assert (got.node_id, got.term, got.last_seq, got.last_term) == (2, 9, 123, 8)
-
-
 # -- an election played out with the rules alone ---------------------------------------------------
+
+def vote(node_id: int, members, last_seen: dict, leader_alive: bool, candidate: int) -> VoteAnswer:
+    """What node `node_id` answers a candidate, by the rules alone."""
+    live = rules.live_ids(node_id, last_seen, NOW, FT, members) | {candidate}
+    return answer(node_id, rules.nominee(node_id, 1, leader_alive, live))
+
 
 def test_three_survivors_of_a_dead_leader_agree_on_the_smallest_id():
     members = members_of(1, 2, 3, 4)
-    now = NOW
-    nodes = {n: ClusterState(self_id=n, term=2, leader_id=1, members=dict(members),
-                             last_seen={m: now - 0.1 for m in (2, 3, 4) if m != n} | {1: now - 5},
-                             last_leader_contact=now - 5) for n in (2, 3, 4)}
-    answers = [nodes[n].vote_answer(candidate_id=4, now=now, failure_timeout=FT, last_seq=10) for n in (2, 3, 4)]
+    answers = [vote(n, members, {m: NOW - 0.1 for m in (2, 3, 4) if m != n} | {1: NOW - 5}, False, 4)
+               for n in (2, 3, 4)]
     assert rules.tally(members, answers) == 2
 
 
 def test_node_that_lost_only_its_own_link_cannot_move_leadership():
     # Node 3 stopped hearing leader 1, but nodes 2 and 4 still do: they name 1, so no unanimity.
     members = members_of(1, 2, 3, 4)
-    healthy = [ClusterState(self_id=n, term=2, leader_id=1, members=dict(members),
-                            last_seen={1: NOW, 2: NOW, 3: NOW, 4: NOW}, last_leader_contact=NOW - 0.1)
-               for n in (2, 4)]
-    cut_off = ClusterState(self_id=3, term=2, leader_id=1, members=dict(members),
-                           last_seen={1: NOW - 5, 2: NOW, 4: NOW}, last_leader_contact=NOW - 5)
-    answers = [cut_off.vote_answer(3, NOW, FT, 10)] + [n.vote_answer(3, NOW, FT, 10) for n in healthy]
+    everyone = {1: NOW, 2: NOW, 3: NOW, 4: NOW}
+    answers = [vote(3, members, {1: NOW - 5, 2: NOW, 4: NOW}, False, 3)] + \
+        [vote(n, members, everyone, True, 3) for n in (2, 4)]
     assert [a.nominee for a in answers] == [2, 1, 1]
     assert rules.tally(members, answers) is None
 

@@ -34,119 +34,56 @@ class ClusterStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Heartbeat = channel.unary_unary(
-                '/geomys.cluster.Cluster/Heartbeat',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.HeartbeatReply.FromString,
+        self.Exchange = channel.stream_stream(
+                '/geomys.cluster.Cluster/Exchange',
+                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.SerializeToString,
+                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.FromString,
                 _registered_method=True)
-        self.Join = channel.unary_unary(
-                '/geomys.cluster.Cluster/Join',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.JoinRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.JoinReply.FromString,
-                _registered_method=True)
-        self.Sync = channel.unary_stream(
-                '/geomys.cluster.Cluster/Sync',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncChunk.FromString,
-                _registered_method=True)
-        self.AppendEntries = channel.unary_unary(
-                '/geomys.cluster.Cluster/AppendEntries',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.AppendRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.AppendReply.FromString,
+        self.Ask = channel.unary_unary(
+                '/geomys.cluster.Cluster/Ask',
+                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Message.SerializeToString,
+                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Message.FromString,
                 _registered_method=True)
         self.Forward = channel.unary_unary(
                 '/geomys.cluster.Cluster/Forward',
                 request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.ForwardReply.FromString,
                 _registered_method=True)
-        self.RequestVote = channel.unary_unary(
-                '/geomys.cluster.Cluster/RequestVote',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.VoteRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.VoteReply.FromString,
-                _registered_method=True)
-        self.CanYouLead = channel.unary_unary(
-                '/geomys.cluster.Cluster/CanYouLead',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.CanYouLeadRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.CanYouLeadReply.FromString,
-                _registered_method=True)
-        self.NewLeader = channel.unary_unary(
-                '/geomys.cluster.Cluster/NewLeader',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.NewLeaderRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.NewLeaderReply.FromString,
-                _registered_method=True)
-        self.Leave = channel.unary_unary(
-                '/geomys.cluster.Cluster/Leave',
-                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.LeaveRequest.SerializeToString,
-                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.LeaveReply.FromString,
+        self.Sync = channel.unary_stream(
+                '/geomys.cluster.Cluster/Sync',
+                request_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncRequest.SerializeToString,
+                response_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncChunk.FromString,
                 _registered_method=True)
 
 
 class ClusterServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Heartbeat(self, request, context):
-        """Follower -> leader, every heartbeat_interval. The answer carries the
-        membership and its hash so a follower notices a list it lacks.
+    def Exchange(self, request_iterator, context):
+        """Core messages from the caller, in order, batched as they queue up; the
+        callee's answers to them come back on the same call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Join(self, request, context):
-        """A new node asks to join. Any member answers: a follower points at the
-        leader; the leader takes the node as a non-voting learner.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Sync(self, request, context):
-        """Catch-up: a snapshot in chunks (when the backlog cannot serve `after`),
-        then the backlog entries after it. Server-streamed, so any data size works.
-        Any node serves it: a new leader also uses it to copy what a voter has.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def AppendEntries(self, request, context):
-        """Leader -> follower: the next entries in order, batched.
+    def Ask(self, request, context):
+        """A new node asks to join (Join -> JoinReply), or a stopping node to be
+        removed (Leave -> LeaveReply): the answer comes back on the call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Forward(self, request, context):
-        """Follower -> leader: a client's write, executed there; the reply is relayed unchanged.
+        """Follower -> leader: client writes, executed there; the replies are relayed unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RequestVote(self, request, context):
-        """Election, step 1: who should lead? Each node names the smallest live id it knows.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CanYouLead(self, request, context):
-        """Election, step 2: ask the named node to lead.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def NewLeader(self, request, context):
-        """Election, step 3: the new leader announces its term; a node accepts at most
-        one leader per term and says how far its log goes.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Leave(self, request, context):
-        """A node stopping cleanly asks to be removed from the membership.
+    def Sync(self, request, context):
+        """A snapshot of the callee's store in chunks, server-streamed so any size works.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,50 +92,25 @@ class ClusterServicer:
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Heartbeat': grpc.unary_unary_rpc_method_handler(
-                    servicer.Heartbeat,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.HeartbeatRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.HeartbeatReply.SerializeToString,
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.FromString,
+                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.SerializeToString,
             ),
-            'Join': grpc.unary_unary_rpc_method_handler(
-                    servicer.Join,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.JoinRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.JoinReply.SerializeToString,
-            ),
-            'Sync': grpc.unary_stream_rpc_method_handler(
-                    servicer.Sync,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncChunk.SerializeToString,
-            ),
-            'AppendEntries': grpc.unary_unary_rpc_method_handler(
-                    servicer.AppendEntries,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.AppendRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.AppendReply.SerializeToString,
+            'Ask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ask,
+                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Message.FromString,
+                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.Message.SerializeToString,
             ),
             'Forward': grpc.unary_unary_rpc_method_handler(
                     servicer.Forward,
                     request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.ForwardRequest.FromString,
                     response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.ForwardReply.SerializeToString,
             ),
-            'RequestVote': grpc.unary_unary_rpc_method_handler(
-                    servicer.RequestVote,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.VoteRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.VoteReply.SerializeToString,
-            ),
-            'CanYouLead': grpc.unary_unary_rpc_method_handler(
-                    servicer.CanYouLead,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.CanYouLeadRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.CanYouLeadReply.SerializeToString,
-            ),
-            'NewLeader': grpc.unary_unary_rpc_method_handler(
-                    servicer.NewLeader,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.NewLeaderRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.NewLeaderReply.SerializeToString,
-            ),
-            'Leave': grpc.unary_unary_rpc_method_handler(
-                    servicer.Leave,
-                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.LeaveRequest.FromString,
-                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.LeaveReply.SerializeToString,
+            'Sync': grpc.unary_stream_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncRequest.FromString,
+                    response_serializer=geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -212,7 +124,34 @@ class Cluster:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Heartbeat(request,
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/geomys.cluster.Cluster/Exchange',
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.SerializeToString,
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ask(request,
             target,
             options=(),
             channel_credentials=None,
@@ -225,90 +164,9 @@ class Cluster:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/geomys.cluster.Cluster/Heartbeat',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.HeartbeatReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Join(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/geomys.cluster.Cluster/Join',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.JoinRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.JoinReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Sync(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/geomys.cluster.Cluster/Sync',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncChunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def AppendEntries(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/geomys.cluster.Cluster/AppendEntries',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.AppendRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.AppendReply.FromString,
+            '/geomys.cluster.Cluster/Ask',
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.Message.SerializeToString,
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -347,7 +205,7 @@ class Cluster:
             _registered_method=True)
 
     @staticmethod
-    def RequestVote(request,
+    def Sync(request,
             target,
             options=(),
             channel_credentials=None,
@@ -357,93 +215,12 @@ class Cluster:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
-            '/geomys.cluster.Cluster/RequestVote',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.VoteRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.VoteReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CanYouLead(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/geomys.cluster.Cluster/CanYouLead',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.CanYouLeadRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.CanYouLeadReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def NewLeader(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/geomys.cluster.Cluster/NewLeader',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.NewLeaderRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.NewLeaderReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Leave(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/geomys.cluster.Cluster/Leave',
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.LeaveRequest.SerializeToString,
-            geomys_dot_cluster_dot_pb_dot_cluster__pb2.LeaveReply.FromString,
+            '/geomys.cluster.Cluster/Sync',
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncRequest.SerializeToString,
+            geomys_dot_cluster_dot_pb_dot_cluster__pb2.SyncChunk.FromString,
             options,
             channel_credentials,
             insecure,
