@@ -117,6 +117,21 @@ def test_a_follower_cut_off_from_the_leader_alone_does_not_unseat_it():
     assert sim.nodes[3].core.leader_id is None
 
 
+def test_a_candidate_named_by_the_answers_that_refuses_is_dropped():
+    sim = three_nodes()
+    sim.isolate(1)
+    sim.write(1)                                     # node 1 will hold an entry that may never commit
+    fail_over(sim, 1)
+    assert acknowledged(sim, sim.write(2))
+    sim.reconnect(1)
+    sim.crash(2)
+    # Node 3 names node 1, the smallest live id; node 1 refuses to lead for it while its
+    # store holds that entry, and node 3 leaves it out of its next rounds.
+    assert sim.run_until(lambda: 1 in sim.nodes[3].core.suspected, 3 * FAILURE_TIMEOUT)
+    assert sim.nodes[1].core.applied > sim.nodes[1].core.commit
+    assert sim.run_until(lambda: len(sim.leaders()) == 1, 3 * FAILURE_TIMEOUT)   # and the election goes on
+
+
 def test_isolated_leader_steps_down_and_removes_nobody():
     sim = three_nodes()
     sim.isolate(1)
@@ -140,6 +155,21 @@ def test_paused_leader_steps_down_on_a_higher_term_and_resyncs():
     assert sim.run_until(lambda: in_sync(sim, 1, 2), 2 * FAILURE_TIMEOUT)
     assert sim.nodes[1].core.role == FOLLOWER
     assert sim.read(1).sees(new) and sim.read(1).sees(before)
+
+
+def test_deposed_leader_whose_own_list_lacks_the_new_leader_still_resyncs():
+    sim = three_nodes()
+    sim.cut(1, 2)
+    old = sim.nodes[1].core
+    assert sim.run_until(lambda: 2 not in old.members, FAILURE_TIMEOUT + 2 * HEARTBEAT)
+    sim.hold(1, 3)                                   # node 1's removal of node 2 never reaches node 3
+    assert sim.run_until(lambda: 2 in sim.leaders(), 3 * FAILURE_TIMEOUT)
+    new = sim.write(2)
+    assert acknowledged(sim, new)
+    assert sorted(old.members) == [1, 3]             # its own list still lacks the new leader
+    sim.heal_network()
+    assert sim.run_until(lambda: in_sync(sim, 1, 2) and sorted(old.members) == [1, 2, 3], 2 * FAILURE_TIMEOUT)
+    assert sim.read(1).sees(new)
 
 
 def test_a_deposed_leader_never_shows_its_unconfirmed_write():
