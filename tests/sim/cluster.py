@@ -281,8 +281,7 @@ class Sim:
                     self._transmit(node, action.to, action.message)
             elif isinstance(action, RoleChanged):
                 self.note("n%d is %s of term %d (leader %s)", node.id, action.role, action.term, action.leader_id)
-                if action.role != LEADER:
-                    self._fail_writes(node)
+                self._fail_writes(node, unless_term=action.term if action.role == LEADER else None)
             elif isinstance(action, Apply):
                 self.note("n%d applies %s", node.id, _seqs(action.entries))
                 self.checker.check_apply(node, action.entries)
@@ -299,10 +298,11 @@ class Sim:
                 delay = self.rng.uniform(*SNAPSHOT_TIME)
                 self._at(self.now + delay, self._snapshot_arrives, node, action.peer)
             elif isinstance(action, ProposeMembers):
-                if node.core.is_leader:
-                    members = {a.node_id: a for a in action.members}
-                    record = repr(sorted(members)).encode()
-                    pending.extend(self._propose(node, b"members " + record, members))
+                if not node.core.is_leader:
+                    raise InvariantViolation("node %d asked to log a membership change while not leading" % node.id)
+                members = {a.node_id: a for a in action.members}
+                record = repr(sorted(members)).encode()
+                pending.extend(self._propose(node, b"members " + record, members))
             else:
                 raise InvariantViolation("node %d returned an unknown action %r" % (node.id, action))
         self.checker.after_step(node, self.now)
@@ -315,11 +315,13 @@ class Sim:
         self.note("n%d proposes %s at seq %d", node.id, record.decode(), entry.seq)
         return actions
 
-    def _fail_writes(self, node: SimNode) -> None:
-        for write in node.writes.values():
-            write.status = "no-leader"
-            self.note("client: %s answered NO_LEADER (outcome unknown)", write.record.decode())
-        node.writes.clear()
+    def _fail_writes(self, node: SimNode, unless_term: Optional[int] = None) -> None:
+        """Answer NO_LEADER to the pending writes, but those of `unless_term` if the node still leads it."""
+        for seq, write in list(node.writes.items()):
+            if write.term != unless_term:
+                write.status = "no-leader"
+                self.note("client: %s answered NO_LEADER (outcome unknown)", write.record.decode())
+                del node.writes[seq]
 
     def _snapshot_arrives(self, node: SimNode, peer_id: int) -> None:
         if not node.alive:
@@ -333,11 +335,12 @@ class Sim:
             self.note("n%d: the snapshot from n%d failed", node.id, peer_id)
             self._carry_out(node, node.core.snapshot_failed())
             return
-        # The snapshot is the peer's store: its position is where the store ends,
-        # and its membership the newest membership entry in it.
+        # The snapshot is the peer's store, at the position where that store ends
+        # (a follower's log may run ahead of it), with the peer's membership now:
+        # what the driver's serve_sync sends.
         node.store = list(peer.store)
         last = node.store[-1] if node.store else None
-        members = next(({a.node_id: a for a in e.members} for e in reversed(node.store) if e.members), {})
+        members = dict(peer.core.members)
         node.snapshots_installed += 1
         self.note("n%d installs a snapshot of n%d up to seq %d", node.id, peer_id, last.seq if last else 0)
         self._carry_out(node, node.core.snapshot_installed(last.seq if last else 0, last.term if last else 0,
