@@ -4,9 +4,10 @@ A run forms a cluster (3 nodes, or 5 for one seed in five), then for a few
 simulated seconds draws an operation every so often: a client write on a
 leader, a client read on any node, or a fault (loss, duplicates, long delays
 that reorder, a cut link, an isolated node, a partition, healing, a crash, a
-restart with or without the append-only file, a pause, a resume). Crashes are
-drawn so that a majority of every membership survives: that is the condition
-under which no acknowledged write may be lost. Then everything heals, and the
+clean stop, a restart with or without the append-only file, a pause, a
+resume). Crashes and stops are drawn so that a majority of every membership
+survives: that is the condition under which no acknowledged write may be lost
+(see `_may_crash`). Then everything heals, and the
 cluster must settle on one leader, agree on its membership and commit one last
 write (`Sim.settle`). The checker checks the invariants after every step and
 at the end.
@@ -87,6 +88,12 @@ def _crash(sim, rng) -> None:
         sim.crash(rng.choice(candidates))
 
 
+def _stop(sim, rng) -> None:
+    candidates = [n for n in sorted(sim.nodes) if _may_crash(sim, n)]
+    if candidates:
+        sim.stop(rng.choice(candidates))
+
+
 def _may_crash(sim, node_id: int) -> bool:
     """Whether crashing `node_id` leaves the cluster able to recover by itself.
 
@@ -133,5 +140,5 @@ _OPS, _WEIGHTS = zip(
     (_write, 40), (_read, 30),
     (_loss, 2), (_duplicates, 2), (_delays, 2),
     (_cut_link, 1), (_isolate, 1), (_partition, 1), (_heal, 1),
-    (_crash, 1), (_restart, 1), (_pause, 1), (_resume, 1),
+    (_crash, 1), (_stop, 1), (_restart, 1), (_pause, 1), (_resume, 1),
 )

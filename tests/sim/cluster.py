@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from geomys.cluster.core import (ACCEPTED, REDIRECT, REFUSED, Apply, Committed, Core, FetchSnapshot, Join,
-                                 JoinReply, ProposeMembers, RoleChanged, Send, Timing)
+                                 JoinReply, Leave, LeaveReply, ProposeMembers, RoleChanged, Send, Timing)
 from geomys.cluster.log import Log
 from geomys.cluster.rules import FOLLOWER, LEADER, NodeAddress
 
@@ -125,6 +125,7 @@ class SimNode:
         self.paused = False
         self.deferred: list = []    # events that reached it while paused, run on resume
         self.joining = False        # its driver still looks for a leader to take it
+        self.leaving = False        # stopping cleanly: it waits for the leader's answer to Leave
         self.join_refused: Optional[str] = None
         self.writes: dict[int, Write] = {}   # seq -> client write awaiting its commit
         self.snapshots_installed = 0
@@ -140,7 +141,7 @@ class Sim:
         self.now = 0.0
         self.nodes: dict[int, SimNode] = {}      # running nodes (paused ones included)
         self.crashed: dict[int, SimNode] = {}    # crashed and not restarted
-        self.dead: set[int] = set()              # every id that ever crashed (a restart takes a new id)
+        self.dead: set[int] = set()              # every id that crashed or stopped (a restart takes a new id)
         self.faults = NetworkFaults()
         self.checker = Checker()
         self.writes: list[Write] = []
@@ -229,6 +230,26 @@ class Sim:
         self.dead.add(node_id)
         self.note("n%d CRASHES", node_id)
         self._fail_writes(node)
+
+    def stop(self, node_id: int) -> None:
+        """Stop node `node_id` cleanly (SIGTERM): it asks its leader to remove it, then exits.
+
+        The process exits when the answer comes, or after an RPC timeout without one.
+        """
+        node = self.nodes[node_id]
+        core = node.core
+        self.dead.add(node_id)     # going away: count it gone from now on
+        if core.is_leader or core.leader_id is None or core.id not in core.members:
+            self.crash(node_id)
+            return
+        self.note("n%d stops: asks n%d to remove it", node_id, core.leader_id)
+        node.leaving = True
+        self._transmit(node, core.leader_id, Leave(core.id, core.term))
+        self._at(self.now + RPC_TIMEOUT, self._exit, node)
+
+    def _exit(self, node: SimNode) -> None:
+        if node.alive and self.nodes.get(node.id) is node:
+            self.crash(node.id)
 
     def restart(self, old_id: int, keep_file: bool, via: Optional[int] = None) -> SimNode:
         """Start crashed node `old_id` again as a new node (new id), with or without its append-only file."""
@@ -411,6 +432,9 @@ class Sim:
         if isinstance(message, JoinReply) and dst.joining:
             self._join_answered(dst, message)
             self.checker.after_step(dst, self.now)
+            return
+        if isinstance(message, LeaveReply) and dst.leaving:
+            self._exit(dst)
             return
         actions = dst.core.step(message, self.now)
         self._carry_out(dst, actions, join_caller=src if isinstance(message, Join) else None)

@@ -237,6 +237,16 @@ def test_silent_follower_is_removed_while_the_leader_reaches_a_majority():
     assert sorted(sim.nodes[1].core.members) == [1, 2]
 
 
+def test_a_node_stopping_cleanly_is_removed_at_once_and_can_come_back():
+    sim = three_nodes()
+    sim.stop(3)                                      # SIGTERM: it asks the leader to remove it
+    assert sim.run_until(lambda: sorted(sim.nodes[1].core.members) == [1, 2] and 3 not in sim.nodes, HEARTBEAT)
+    assert sim.run_until(lambda: sim.nodes[1].core.commit >= sim.nodes[1].core.members_seq, HEARTBEAT)
+    back = sim.restart(3, keep_file=True)            # started again with -join, under a new id
+    assert sim.run_until(lambda: sorted(sim.nodes[1].core.members) == [1, 2, back.id] and in_sync(sim, back.id, 1),
+                         4 * HEARTBEAT)
+
+
 def test_a_node_id_still_in_the_cluster_is_refused_until_the_old_node_is_removed():
     sim = three_nodes()
     sim.crash(2)
