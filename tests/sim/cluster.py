@@ -58,7 +58,7 @@ TICK = 0.25                # the driver's timer period (plus a little jitter)
 RPC_TIMEOUT = 0.5          # a message over a cut link fails after this long
 REFUSED_AFTER = 0.01       # ... to a crashed node (connection refused) after this
 JOIN_RETRY = 1.0           # a joining node asks again after this long without an answer
-SNAPSHOT_TIME = (0.01, 0.1)  # how long a snapshot transfer takes
+SNAPSHOT_TIME = (0.01, 0.1)  # how long a snapshot transfer takes, on top of the network's delay
 BACKLOG = 30               # entries a log keeps once committed (small, so snapshots happen)
 
 
@@ -249,6 +249,7 @@ class Sim:
 
     def _exit(self, node: SimNode) -> None:
         if node.alive and self.nodes.get(node.id) is node:
+            self.note("n%d exits", node.id)
             self.crash(node.id)
 
     def restart(self, old_id: int, keep_file: bool, via: Optional[int] = None) -> SimNode:
@@ -316,7 +317,7 @@ class Sim:
                     self.checker.on_ack(write)
             elif isinstance(action, FetchSnapshot):
                 self.note("n%d fetches a snapshot from n%d", node.id, action.peer)
-                delay = self.rng.uniform(*SNAPSHOT_TIME)
+                delay = self.rng.uniform(*SNAPSHOT_TIME) + self.rng.uniform(0, self.faults.max_delay)
                 self._at(self.now + delay, self._snapshot_arrives, node, action.peer)
             elif isinstance(action, ProposeMembers):
                 if not node.core.is_leader:
