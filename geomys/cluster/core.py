@@ -977,15 +977,21 @@ class Core:
             self._send(m.leader.node_id, Join(self.id, self.term, self.me))
 
     def _ask_to_rejoin(self, now: float) -> None:
-        """A node removed while it was away registers again as a learner, like a new node."""
+        """A node removed while it was away registers again as a learner, like a new node.
+
+        It asks its leader while it hears from it, and otherwise every node it
+        knows: the leader may have failed, and the next one does not know this node.
+        """
         if now < self.next_join:
             return
         self.next_join = now + self.timing.failure_timeout / 2
-        target = self.leader_id if self.leader_id not in (None, self.id) else None
-        if target is None:
-            target = next((n for n in sorted(self.known) if n != self.id), None)
-        if target is not None:
-            logger.warning("node %d is no longer a member; asking node %d to take it back", self.id, target)
+        if self.leader_id not in (None, self.id) and self.leader_alive(now):
+            targets = [self.leader_id]
+        else:
+            targets = [n for n in sorted(self.known) if n != self.id]
+        if targets:
+            logger.warning("node %d is no longer a member; asking node(s) %s to take it back", self.id, targets)
+        for target in targets:
             self._send(target, Join(self.id, self.term, self.me))
 
     def _on_leave(self, m: Leave, now: float) -> None:
