@@ -63,15 +63,21 @@ def _delays(sim, rng) -> None:
 
 
 def _cut_link(sim, rng) -> None:
+    if _recovering(sim):
+        return
     a, b = rng.sample(sorted(sim.nodes), 2)
     sim.cut(a, b, both_ways=rng.random() < 0.7)
 
 
 def _isolate(sim, rng) -> None:
+    if _recovering(sim):
+        return
     sim.isolate(rng.choice(sorted(sim.nodes)))
 
 
 def _partition(sim, rng) -> None:
+    if _recovering(sim):
+        return
     ids = sorted(sim.nodes)
     rng.shuffle(ids)
     split = rng.randint(1, len(ids) - 1)
@@ -100,9 +106,10 @@ def _may_crash(sim, node_id: int) -> bool:
     A majority of every membership any node holds must survive. A leader may
     still promote a learner that has crashed (it promotes caught-up learners it
     has not yet dropped as silent), so every dead learner counts as a dead
-    member to be. And no node may be paused or cut off at the moment: a leader
-    removes a member silent for failure_timeout while it heard from a majority
-    within the last heartbeat interval, so removing a paused node just after
+    member to be. And no node may be paused or cut off at the moment (nor
+    until the dead node is removed, see `_recovering`): a leader removes a
+    member silent for failure_timeout while it heard from a majority within
+    the last heartbeat interval, so removing a silenced node just after
     another one crashed would leave a membership whose majority is dead, from
     which no election can recover (see tests/sim/README.md).
     """
@@ -117,12 +124,24 @@ def _may_crash(sim, node_id: int) -> bool:
     return True
 
 
+def _recovering(sim) -> bool:
+    """Whether a crashed or stopped node is still a member (or a learner) somewhere.
+
+    Until the leader has removed it, no live node is silenced (paused, cut off):
+    a leader may take a late message from the dead node as a sign of life and
+    remove the silenced one instead, leaving a membership whose majority is dead.
+    """
+    return any(set(n.core.members) & sim.dead or set(n.core.learners) & sim.dead for n in sim.nodes.values())
+
+
 def _restart(sim, rng) -> None:
     if sim.crashed:
         sim.restart(rng.choice(sorted(sim.crashed)), keep_file=rng.random() < 0.5)
 
 
 def _pause(sim, rng) -> None:
+    if _recovering(sim):
+        return
     running = [n for n in sorted(sim.nodes) if not sim.nodes[n].paused]
     if running:
         sim.pause(rng.choice(running))

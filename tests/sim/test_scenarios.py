@@ -410,3 +410,14 @@ def test_a_node_whose_copy_removes_it_from_the_membership_does_not_lead():
     sim.heal(1, 2)
     assert sim.run_until(lambda: sim.leaders() and all(sorted(n.core.members) == [1, 2, 3]
                                                        for n in sim.nodes.values()), 4 * FAILURE_TIMEOUT)
+
+
+def test_a_learner_whose_leader_fails_joins_the_next_leader():
+    sim = three_nodes()
+    node = sim.join(4, via=1)
+    assert sim.run_until(lambda: node.snapshots_installed == 1, HEARTBEAT)   # it knows the members now
+    sim.cut(1, 4)                                    # it stays a learner of node 1...
+    sim.crash(1)                                     # ...which fails; node 2 never heard of node 4
+    fail_over(sim, 1)
+    assert sim.leaders() == [2] and 4 not in sim.nodes[2].core.learners
+    assert sim.run_until(lambda: 4 in sim.nodes[2].core.members and in_sync(sim, 4, 2), 2 * FAILURE_TIMEOUT)
