@@ -870,7 +870,10 @@ class Core:
             logger.info("node %d copies entries up to seq %d from node %d before leading",
                         self.id, best.last_seq, best.node_id)
             takeover.fetching, takeover.fetch_until = best.node_id, best.last_seq
-            self._send(best.node_id, Fetch(self.id, takeover.term, self.commit))
+            # From the commit point, or from the log's base when a snapshot put it past
+            # the commit point: asking again for what the best log no longer holds would
+            # fetch the same snapshot forever.
+            self._send(best.node_id, Fetch(self.id, takeover.term, max(self.commit, self.log.base_seq)))
             return
         if self.id not in self.members:
             # What it copied removes it from the membership: the members elect among

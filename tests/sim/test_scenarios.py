@@ -421,3 +421,22 @@ def test_a_learner_whose_leader_fails_joins_the_next_leader():
     fail_over(sim, 1)
     assert sim.leaders() == [2] and 4 not in sim.nodes[2].core.learners
     assert sim.run_until(lambda: 4 in sim.nodes[2].core.members and in_sync(sim, 4, 2), 2 * FAILURE_TIMEOUT)
+
+
+def test_a_take_over_that_needs_a_snapshot_and_then_entries_completes():
+    sim = three_nodes(backlog=10)
+    sim.cut(1, 2)                                    # node 2 falls behind node 3's backlog
+    writes = [sim.write(1) for _ in range(40)]
+    assert acknowledged(sim, *writes)
+    sim.run_for(HEARTBEAT)                           # node 3 commits them and trims its log
+    writes += [sim.write(1) for _ in range(5)]
+    assert acknowledged(sim, *writes)
+    sim.cut(1, 3)                                    # node 3 never hears the last commit point
+    sim.crash(1)
+    node3 = sim.nodes[3].core
+    assert node3.applied < node3.log.last_seq        # node 3's store lags its log
+    fail_over(sim, 1)
+    assert sim.leaders() == [2]
+    assert sim.nodes[2].snapshots_installed == 2     # its join's, and node 3's during the take-over
+    assert sim.run_until(lambda: sim.read(2).served, HEARTBEAT)
+    assert all(sim.read(2).sees(w) for w in writes)
