@@ -48,7 +48,7 @@ def _read(sim, rng) -> None:
 
 
 def _loss(sim, rng) -> None:
-    sim.faults.drop = rng.choice([0.0, 0.05, 0.2, 0.5])
+    sim.faults.drop = rng.choice([0.0, 0.05, 0.2] if _recovering(sim) else [0.0, 0.05, 0.2, 0.5])
     sim.note("network: loss %.2f", sim.faults.drop)
 
 
@@ -106,14 +106,15 @@ def _may_crash(sim, node_id: int) -> bool:
     A majority of every membership any node holds must survive. A leader may
     still promote a learner that has crashed (it promotes caught-up learners it
     has not yet dropped as silent), so every dead learner counts as a dead
-    member to be. And no node may be paused or cut off at the moment (nor
-    until the dead node is removed, see `_recovering`): a leader removes a
-    member silent for failure_timeout while it heard from a majority within
-    the last heartbeat interval, so removing a silenced node just after
-    another one crashed would leave a membership whose majority is dead, from
-    which no election can recover (see tests/sim/README.md).
+    member to be. And no node may be paused, cut off or behind a heavy loss
+    at the moment (nor until the dead node is removed, see `_recovering`): a
+    leader removes a member silent for failure_timeout while it heard from a
+    majority within the last heartbeat interval, so removing a silenced node
+    just after another one crashed would leave a membership whose majority is
+    dead, from which no election can recover (see tests/sim/README.md).
     """
-    if any(n.paused for n in sim.nodes.values()) or sim.faults.cut or sim.faults.isolated:
+    if any(n.paused for n in sim.nodes.values()) or sim.faults.cut or sim.faults.isolated \
+            or sim.faults.drop >= 0.5:
         return False
     dead = sim.dead | {node_id}
     learners = set().union(*(n.core.learners for n in sim.nodes.values()))
@@ -127,7 +128,8 @@ def _may_crash(sim, node_id: int) -> bool:
 def _recovering(sim) -> bool:
     """Whether a crashed or stopped node is still a member (or a learner) somewhere.
 
-    Until the leader has removed it, no live node is silenced (paused, cut off):
+    Until the leader has removed it, no live node is silenced (paused, cut off,
+    or behind a loss heavy enough to hide it for failure_timeout):
     a leader may take a late message from the dead node as a sign of life and
     remove the silenced one instead, leaving a membership whose majority is dead.
     """
