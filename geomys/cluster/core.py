@@ -421,8 +421,7 @@ class Core:
         self._now = now
         progress = self.progress.get(peer)
         if progress is not None:
-            progress.state, progress.inflight, progress.lagging = PROBE, 0, True
-            progress.next_seq = progress.match + 1
+            self._probe_again(progress)
         if self.poll is not None and peer in self.poll.asked:
             self.poll.asked.discard(peer)
             self._maybe_conclude_poll(now)
@@ -599,6 +598,17 @@ class Core:
             p.next_seq = max(min(m.last_seq, self.log.last_seq), p.match) + 1
         self._send_append(m.src)
 
+    def _probe_again(self, p: Progress) -> None:
+        """Assume what was in flight to a follower lost: probe from its last known match.
+
+        With no match known yet (a leader's first Appends went unanswered), probe
+        at the end of the log, as a new leader does: the follower's answer says
+        where its log ends. Probing from seq 1 would send a snapshot whenever the
+        log no longer reaches back that far, to a follower that lacks nothing.
+        """
+        p.state, p.inflight, p.lagging = PROBE, 0, True
+        p.next_seq = p.match + 1 if p.match else self.log.last_seq + 1
+
     def _advance_commit(self) -> None:
         """Move the commit point to the newest entry of this term a majority holds."""
         matches = {n: p.match for n, p in self.progress.items()}
@@ -627,8 +637,7 @@ class Core:
         for peer, p in self.progress.items():
             if p.inflight and now - p.last_heard >= timing.heartbeat_interval:
                 # Unanswered for a heartbeat interval: assume the window lost; probe again.
-                p.state, p.inflight, p.lagging = PROBE, 0, True
-                p.next_seq = p.match + 1
+                self._probe_again(p)
             if now - p.last_sent >= timing.heartbeat_interval / 2:
                 self._send_append(peer, heartbeat=True)
         self._membership_upkeep(now)

@@ -29,7 +29,7 @@ def fail_over(sim: Sim, old_leader: int) -> None:
 
 
 def in_sync(sim: Sim, node_id: int, leader: int) -> bool:
-    """Whether `node_id` follows `leader` and its store holds exactly the leader's committed store."""
+    """Whether `node_id` follows `leader` with the same store and the same commit point."""
     node, lead = sim.nodes[node_id], sim.nodes[leader]
     return node.core.leader_id == leader and node.store == lead.store and node.core.commit == lead.core.commit
 
@@ -440,3 +440,18 @@ def test_a_take_over_that_needs_a_snapshot_and_then_entries_completes():
     assert sim.nodes[2].snapshots_installed == 2     # its join's, and node 3's during the take-over
     assert sim.run_until(lambda: sim.read(2).served, HEARTBEAT)
     assert all(sim.read(2).sees(w) for w in writes)
+
+
+def test_a_new_leader_whose_first_appends_go_unanswered_does_not_send_a_snapshot():
+    sim = three_nodes(backlog=10)
+    writes = [sim.write(1) for _ in range(40)]      # past the backlog: every log is trimmed
+    assert acknowledged(sim, *writes)
+    sim.run_for(HEARTBEAT)
+    snapshots = sim.nodes[3].snapshots_installed
+    sim.crash(1)
+    assert sim.run_until(lambda: sim.leaders() == [2], 6 * FAILURE_TIMEOUT)
+    sim.hold(2, 3)                                   # a slow link: node 2's first Appends wait...
+    sim.run_for(2 * HEARTBEAT)                       # ...longer than a heartbeat interval
+    sim.release(2, 3)
+    assert sim.run_until(lambda: in_sync(sim, 3, 2), 2 * HEARTBEAT)
+    assert sim.nodes[3].snapshots_installed == snapshots   # its log was the leader's all along
