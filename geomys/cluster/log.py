@@ -85,13 +85,19 @@ class Log:
 
         The newest entry stays even when it alone is over max_bytes.
         """
-        while len(self) > self.max_entries or (self._bytes > self.max_bytes and len(self) > 1):
-            oldest = self._entries[self._head]
+        entries, head, kept = self._entries, self._head, len(self._entries) - self._head
+        if kept <= self.max_entries and self._bytes <= self.max_bytes:
+            return
+        while kept > self.max_entries or (self._bytes > self.max_bytes and kept > 1):
+            oldest = entries[head]
             if oldest.seq > upto:
                 break
-            self._head += 1
+            head += 1
+            kept -= 1
             self._bytes -= len(oldest.record)
-            self.base_seq, self.base_term = oldest.seq, oldest.term
+        if head != self._head:
+            self._head = head
+            self.base_seq, self.base_term = entries[head - 1].seq, entries[head - 1].term
         if self._head > 1024 and self._head * 2 > len(self._entries):
             del self._entries[:self._head]  # amortised O(1): done once the dropped part dominates
             self._head = 0

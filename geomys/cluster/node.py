@@ -10,6 +10,7 @@ sink (a reply waits here until what it reveals is committed) and its
 forwarder (a follower hands writes to the leader, batched across clients).
 """
 
+import heapq
 import logging
 import random
 import threading
@@ -78,7 +79,11 @@ class ClusterNode:
         # One lock for the core and the store: a write's entry is proposed in the
         # same hold of the lock that applied it, so log order is apply order.
         self.lock = self.store.lock
-        self._changed = threading.Condition(self.lock)   # commits, role changes, snapshots
+        self._changed = threading.Condition(self.lock)   # role changes, snapshots, membership
+        # Replies waiting for a commit, as a heap of (seq, n, condition): a commit
+        # wakes only those it covers, not every waiting client.
+        self._waiters: list = []
+        self._waiter_count = 0
         self.leadership = 0        # bumped whenever this node stops leading
         self.store_generation = 0  # bumped whenever a snapshot replaces the store
         self.stats = {"syncs_full_served": 0, "syncs_full_received": 0}
@@ -102,7 +107,9 @@ class ClusterNode:
                 if address is not None:
                     self.transport.send(action.to, address.grpc_address, action.message)
             elif kind is core_mod.Committed:
-                self._changed.notify_all()
+                waiters = self._waiters
+                while waiters and waiters[0][0] <= action.seq:
+                    heapq.heappop(waiters)[2].notify()
             elif kind is core_mod.Apply:
                 self._applying = True   # the entries are in the log already: append() must not propose them
                 try:
@@ -129,6 +136,13 @@ class ClusterNode:
             self.leadership += 1
         self.engine.forwarder = None if leading else self.forward
         self.store.owns_expiry = leading
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Wake every waiting reply and joiner: the role changed or the store was replaced (caller holds the lock)."""
+        for _, _, waiter in self._waiters:
+            waiter.notify()
+        self._waiters.clear()
         self._changed.notify_all()
 
     def receive(self, messages: list, answer_inline: bool = False) -> list:
@@ -250,7 +264,7 @@ class ClusterNode:
         self._stopping.set()
         with self.lock:
             self.leadership += 1
-            self._changed.notify_all()
+            self._wake_all()
         self.transport.close()
 
     def _spawn(self, name: str, target: Callable, *args) -> None:
@@ -293,7 +307,10 @@ class ClusterNode:
                 remaining = deadline - self.now()
                 if remaining <= 0:
                     raise NoLeader("this node holds writes the cluster has not confirmed; try again shortly")
-                self._changed.wait(remaining)
+                waiter = threading.Condition(self.lock)
+                self._waiter_count += 1
+                heapq.heappush(self._waiters, (seq, self._waiter_count, waiter))
+                waiter.wait(remaining)
 
     # -- the engine's forwarder (follower) ---------------------------------------------------
 
@@ -421,6 +438,7 @@ class ClusterNode:
                 finally:
                     self._applying = False
                 self.store_generation += 1
+                self._wake_all()
                 self.stats["syncs_full_received"] += 1
                 members = {n.node_id: node_from_pb(n) for n in head.members}
                 self._run(self.core.snapshot_installed(head.snapshot_seq, head.snapshot_term, members, self.now()))
