@@ -33,7 +33,7 @@ from .forwarding import ForwardBatcher
 from .log import Log
 from .pb import cluster_pb2 as pb
 from .rules import LEADER, NodeAddress
-from .transport import GrpcTransport, PeerUnavailable
+from .transport import GrpcTransport, PeerUnavailable, Transport
 from .wire import node_from_pb, node_to_pb
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def _is_blocking(request) -> bool:
 class ClusterNode:
     """One node's driver: the core, its lock, its ticker, and the I/O the core asks for."""
 
-    def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None, transport=None,
-                 rng: Optional[random.Random] = None) -> None:
+    def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None,
+                 transport: Optional[Transport] = None, rng: Optional[random.Random] = None,
+                 spawn: Optional[Callable[..., None]] = None) -> None:
+        """Wire a node; tests pass a fake clock, an in-memory transport and a `spawn` that runs tasks inline."""
         self.config = config
         self.engine = engine
         self.store = engine.store
@@ -93,6 +95,7 @@ class ClusterNode:
         self._ticking = False
         self._pending_members: list = []
         self._applying = False
+        self._spawner = spawn
         self.election_timeout = min(config.rpc_timeout, config.failure_timeout / 3)
 
     # -- feeding the core (caller holds no lock unless said) ----------------------------------
@@ -179,15 +182,19 @@ class ClusterNode:
             return core_mod.Rejected(self.core.id, self.core.term, "no answer")
         return answer.message
 
+    def tick(self) -> None:
+        """Tell the core that time passed, and which peers could not be reached."""
+        with self.lock:
+            now = self.now()
+            for peer in self.transport.take_unreachable():
+                self._run(self.core.unreachable(peer, now))
+            self._run(self.core.tick(now))
+
     def _tick_loop(self) -> None:
         period = min(self.config.heartbeat_interval / 4, self.config.failure_timeout / 8)
         while not self._stopping.wait(period):
             try:
-                with self.lock:
-                    now = self.now()
-                    for peer in self.transport.take_unreachable():
-                        self._run(self.core.unreachable(peer, now))
-                    self._run(self.core.tick(now))
+                self.tick()
             except Exception:  # the ticker must outlive any single failure
                 logger.exception("cluster ticker error")
 
@@ -209,9 +216,7 @@ class ClusterNode:
     def join(self) -> None:
         """Join the cluster at config.join: register as a learner, take a snapshot, wait to be a member."""
         deadline = self.now() + max(self.config.join_timeout, 3 * self.config.failure_timeout)
-        leader, term = self._register(self.config.join, deadline)
-        with self.lock:
-            self._run(self.core.joined(leader, term, self.now()))
+        leader = self.begin_join(self.config.join, deadline)
         self.start()
         with self.lock:
             while self.core.id not in self.core.members and not self._stopping.is_set():
@@ -220,7 +225,14 @@ class ClusterNode:
                     raise JoinError("the leader did not make this node a member within %.0fs"
                                     % self.config.join_timeout)
                 self._changed.wait(min(remaining, 0.5))
-        logger.info("node %d joined the cluster (leader %d, term %d)", self.core.id, leader.node_id, term)
+        logger.info("node %d joined the cluster (leader %d, term %d)", self.core.id, leader, self.core.term)
+
+    def begin_join(self, address: str, deadline: float) -> int:
+        """Register with the cluster at `address` as a learner and start taking its state; return the leader's id."""
+        leader, term = self._register(address, deadline)
+        with self.lock:
+            self._run(self.core.joined(leader, term, self.now()))
+        return leader.node_id
 
     def _register(self, address: str, deadline: float) -> tuple[NodeAddress, int]:
         """Ask the cluster at `address` to take this node as a learner; follow redirects."""
@@ -268,6 +280,9 @@ class ClusterNode:
         self.transport.close()
 
     def _spawn(self, name: str, target: Callable, *args) -> None:
+        if self._spawner is not None:
+            self._spawner(target, *args)
+            return
         threading.Thread(target=target, args=args, name=name, daemon=True).start()
 
     # -- the engine's record sink ------------------------------------------------------------

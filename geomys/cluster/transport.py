@@ -14,7 +14,7 @@ import collections
 import hmac
 import logging
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 import grpc
 
@@ -48,6 +48,28 @@ def channel_options(max_message_bytes: int) -> list:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
         ("grpc.http2.max_ping_strikes", 0),
     ]
+
+
+class Transport(Protocol):
+    """How the driver reaches other nodes: GrpcTransport here, an in-memory network in the tests."""
+
+    def send(self, to: int, address: str, message) -> None:
+        """Queue a core message for node `to`; best effort, never blocks."""
+
+    def take_unreachable(self) -> set[int]:
+        """The peers a message could not be delivered to since the last call."""
+
+    def ask(self, address: str, message, timeout: Optional[float] = None):
+        """Send a Join or a Leave and return the core message that answers it; raise PeerUnavailable."""
+
+    def call(self, address: str, method: str, request, timeout: Optional[float] = None):
+        """A plain call (Forward) to the node at `address`; raise PeerUnavailable."""
+
+    def sync(self, address: str, request: pb.SyncRequest, timeout: float) -> Iterator[pb.SyncChunk]:
+        """The chunks of a snapshot from the node at `address`; raise PeerUnavailable."""
+
+    def close(self) -> None:
+        """Stop sending."""
 
 
 class GrpcTransport:
