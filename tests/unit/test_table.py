@@ -40,8 +40,11 @@ def test_every_handler_has_a_docstring_whose_first_line_is_its_usage(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
-def test_every_spec_has_a_summary_naming_the_command(spec):
-    assert spec.summary.lower().startswith(spec.name.lower())
+def test_every_spec_has_a_summary_and_a_usage_line_of_its_fields(spec):
+    assert spec.summary and not spec.summary.lower().startswith(spec.name.lower() + " ")
+    words = spec.usage.split()
+    assert words[0] == spec.name.lower() and len(words) == 1 + len(spec.fields)
+    assert [word.startswith("[") for word in words[1:]] == [not field.required for field in spec.fields]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
