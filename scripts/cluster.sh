@@ -338,7 +338,7 @@ table() {
     done
     # One interpreter asks every running node, so a redraw costs one Python start, not three.
     [ ${#ports[@]} -eq 0 ] || mapfile -t lines < <(probe "${ports[@]}" || true)
-    printf '%-5s %-8s %-6s %-8s %-10s %-6s %-7s %s\n' node pid port state role term leader applied
+    printf '%-5s %-8s %-6s %-8s %-11s %-6s %-7s %s\n' node pid port state role term leader applied
     local row=0 info
     for id in "${ids[@]}"; do
         info="- - - -"
@@ -348,7 +348,7 @@ table() {
             row=$((row + 1))
         fi
         # shellcheck disable=SC2086
-        printf '%-5s %-8s %-6s %-8s %-10s %-6s %-7s %s\n' "$id" "${pids[$id]}" "$(port_of "$id")" \
+        printf '%-5s %-8s %-6s %-8s %-11s %-6s %-7s %s\n' "$id" "${pids[$id]}" "$(port_of "$id")" \
             "${states[$id]}" $info
     done
 }
