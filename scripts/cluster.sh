@@ -286,7 +286,8 @@ start_node() {  # start N: rejoin one stopped node to the running cluster
         wait_for "$start_timeout" "a leader that has removed node $node (is a majority running?)" \
             leader_without "$node" || exit 1
     fi
-    echo "joining node $node through the leader, node $leader; it keeps its file $(data_file "$node")"
+    echo "joining node $node through the leader, node $leader, on its file $(data_file "$node")" \
+        "(a joining node takes the leader's state)"
     launch "$node" -join="$host:$(($(port_of "$leader") + 1000))"
     wait_for "$start_timeout" "node $node to follow node $leader" is_follower_of "$node" "$leader" || exit 1
     echo "node $node is back as a follower"
