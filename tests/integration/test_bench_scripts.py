@@ -60,3 +60,20 @@ def test_memory_bench_reports_positive_figures_for_a_few_keys():
     assert replay and float(replay.group(1)) > 0
     join = re.search(r"join sync of 2,000 keys.*\| ([\d.]+) \|$", run.stdout, re.M)
     assert join and float(join.group(1)) > 0
+
+
+def test_faults_run_twice_rewrites_only_its_section_of_a_copy_of_reliability_md(tmp_path):
+    # -k that selects no scenario: pytest runs nothing, and the script still writes its section.
+    original = (SCRIPTS.parent / "docs" / "reliability.md").read_text()
+    head, _, rest = original.partition("\n<!-- faults:begin -->\n")
+    _, _, tail = rest.partition("\n<!-- faults:end -->\n")
+    output = tmp_path / "reliability.md"
+    output.write_text(original)
+    for run_number in (1, 2):
+        run = run_script("faults.py", "-k", "no_scenario_has_this_name_%d" % run_number, "--out", str(output))
+        assert "no tests ran" in run.stdout, run.stdout + run.stderr
+        text = output.read_text()
+        assert text.startswith(head + "\n<!-- faults:begin -->\n"), run_number
+        assert text.endswith("\n<!-- faults:end -->\n" + tail), run_number
+        section = text[len(head):len(text) - len(tail)]
+        assert section.count("<!-- faults:") == 2 and "no_scenario_has_this_name_%d" % run_number in section

@@ -1,7 +1,8 @@
-"""A three-node cluster of real geomys processes on 127.0.0.1 (SPEC §5).
+"""A three-node cluster of real geomys processes on 127.0.0.1 (docs/cluster.md).
 
 Replication and INFO agreement, forwarded writes and blocking pops, joins,
-a lost majority, cluster_secret and the start-up errors of §3. Timings are
+a lost majority, cluster_secret and the start-up errors of docs/cluster.md
+("Ports and modes"). Timings are
 short (heartbeat 0.2 s, failure timeout 1 s); every wait is a bounded
 wait_until. Failures under load (kill -9, pauses, a join of more than 4 MB,
 catch-up past the backlog) live in tests/faults/test_cluster_faults.py.

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))  # the scripts import bench_common from beside them
 
@@ -24,6 +26,40 @@ def load_script(name: str):
 profile = load_script("profile_hot_path")
 faults = load_script("faults")
 bench_common = load_script("bench_common")
+
+
+DOCS = SCRIPTS.parent / "docs"
+#: Every script that writes a generated section, and the doc it writes by default.
+WRITERS = {"bench": "performance.md", "failover_time": "performance.md", "memory_bench": "performance.md",
+           "faults": "reliability.md"}
+
+
+def split_at_section(text: str, name: str) -> tuple[str, str, str]:
+    """(before the begin marker line, the section between the marker lines, after the end marker line)."""
+    begin, end = "\n<!-- %s:begin -->\n" % name, "\n<!-- %s:end -->\n" % name
+    assert text.count(begin) == 1 and text.count(end) == 1, name
+    head, rest = text.split(begin)
+    body, tail = rest.split(end)
+    return head, body, tail
+
+
+@pytest.mark.parametrize("script", sorted(WRITERS))
+def test_each_writer_uses_the_shared_section_writer_and_its_doc_holds_its_section_once(script):
+    module = load_script(script)
+    assert module.replace_section.__module__ == "bench_common"
+    split_at_section((DOCS / WRITERS[script]).read_text(), module.SECTION)
+
+
+@pytest.mark.parametrize("script", sorted(WRITERS))
+def test_writing_a_section_twice_into_a_copy_of_its_doc_changes_nothing_outside_it(script, tmp_path):
+    name = load_script(script).SECTION
+    original = (DOCS / WRITERS[script]).read_text()
+    copy = tmp_path / WRITERS[script]
+    copy.write_text(original)
+    head, _, tail = split_at_section(original, name)
+    for figures in ("first run\n\n| a | b |", "second run, longer\n\n| a | b |\n| 1 | 2 |"):
+        bench_common.replace_section(copy, name, figures)
+        assert split_at_section(copy.read_text(), name) == (head, figures, tail)
 
 
 def test_a_generated_section_replaces_only_its_own_marker_lines_not_prose_naming_them(tmp_path):
