@@ -233,7 +233,7 @@ class Cluster:
             infos = self.infos(ids)
             if any(i is None for i in infos.values()):
                 return None
-            # `digest` (SPEC §2: equal digests, equal data) is compared too when INFO has it.
+            # `digest` (docs/protocol.md, INFO: equal digests, equal data) is compared too when INFO has it.
             fields = {(i["term"], i["leader_id"], tuple(sorted(i["nodes"])), i["replication_offset"], i["keys"],
                        i.get("digest")) for i in infos.values()}
             return infos if len(fields) == 1 else None
