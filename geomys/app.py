@@ -72,8 +72,11 @@ class GeomysNode:
         """
         config = self.config
         if config.persistence != "none":
-            # A joining node takes the leader's state, so its old file is not replayed.
-            self._open_aof(replay=config.mode != "join")
+            self._open_aof()
+            if config.mode != "join":
+                self._start_aof(replay=True)
+            # A joining node takes the leader's state: its file is emptied only once
+            # the cluster has accepted it (a refused join leaves the file as it was).
         self.server = GeomysServer((config.host, config.port), self.engine,
                                    config.max_clients, config.max_request_bytes)
         self.engine.add_info_source(self._info)
@@ -90,21 +93,32 @@ class GeomysNode:
         self.cluster = ClusterNode(config, self.engine)
         self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port, config.cluster_secret,
                                              config.max_request_bytes + (4 << 20))
-        self.engine.add_sink(self.cluster)
         self.engine.add_info_source(self.cluster.info)
         if config.mode == "bootstrap":
+            self.engine.add_sink(self.cluster)
             self.cluster.bootstrap()
             self.cluster.start()
         else:
-            self.cluster.join()
+            self.cluster.join(prepare=self._accepted)
 
-    def _open_aof(self, replay: bool = True) -> None:
+    def _accepted(self) -> None:
+        """The cluster took this joining node: start the file afresh, then follow the cluster's state."""
+        if self.aof is not None:
+            self._start_aof(replay=False)
+        self.engine.add_sink(self.cluster)   # after the AOF: replies wait for replication first
+
+    def _open_aof(self) -> None:
+        """Open the append-only file and take its lock (a second server on the same file stops here)."""
         config = self.config
         self.aof = AppendOnlyFile(config.persistence_path, config.persistence,
                                   flush_interval_ms=config.flush_interval_ms,
                                   compact_min_bytes=config.compact_min_bytes,
                                   compact_growth_percent=config.compact_growth_percent)
         self.aof.open()
+
+    def _start_aof(self, replay: bool) -> None:
+        """Replay the file (or start it empty), start its flusher and log every record from now on."""
+        config = self.config
         store = self.store
         if replay:
             with store.lock:

@@ -213,10 +213,13 @@ class ClusterNode:
             self._ticking = True
             self._spawn("cluster-ticker", self._tick_loop)
 
-    def join(self) -> None:
-        """Join the cluster at config.join: register as a learner, take a snapshot, wait to be a member."""
+    def join(self, prepare: Callable[[], None] = lambda: None) -> None:
+        """Join the cluster at config.join: register as a learner, take a snapshot, wait to be a member.
+
+        `prepare` runs once the cluster has accepted this node, before its state arrives.
+        """
         deadline = self.now() + max(self.config.join_timeout, 3 * self.config.failure_timeout)
-        leader = self.begin_join(self.config.join, deadline)
+        leader = self.begin_join(self.config.join, deadline, prepare)
         self.start()
         with self.lock:
             while self.core.id not in self.core.members and not self._stopping.is_set():
@@ -227,9 +230,10 @@ class ClusterNode:
                 self._changed.wait(min(remaining, 0.5))
         logger.info("node %d joined the cluster (leader %d, term %d)", self.core.id, leader, self.core.term)
 
-    def begin_join(self, address: str, deadline: float) -> int:
+    def begin_join(self, address: str, deadline: float, prepare: Callable[[], None] = lambda: None) -> int:
         """Register with the cluster at `address` as a learner and start taking its state; return the leader's id."""
         leader, term = self._register(address, deadline)
+        prepare()
         with self.lock:
             self._run(self.core.joined(leader, term, self.now()))
         return leader.node_id

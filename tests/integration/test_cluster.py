@@ -283,12 +283,17 @@ def test_join_to_a_dead_address_exits_nonzero_with_a_clear_message(tmp_path):
 
 def test_duplicate_node_id_is_refused(make_cluster, tmp_path):
     cluster = make_cluster(2)
+    data_file = tmp_path / "twin.aof"
+    kept = b"GEOAOF" + b"earlier state that a refused join must not touch"
+    data_file.write_bytes(kept)
     twin = ServerProcess(tmp_path / "twin", node_id=2, join=grpc_address(cluster.nodes[1]),
-                         heartbeat_interval=0.2, failure_timeout=1.0)
+                         heartbeat_interval=0.2, failure_timeout=1.0, persistence="writethrough",
+                         persistence_path=str(data_file))
     try:
         twin.start(wait=False)
         assert wait_exit(twin) != 0
         assert "node id 2" in twin.log_text() and "already" in twin.log_text(), twin.log_text()
+        assert data_file.read_bytes() == kept
     finally:
         twin.cleanup()
     cluster.wait_members([1, 2])
