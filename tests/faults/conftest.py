@@ -7,6 +7,8 @@ docs/reliability.md, by setting:
 - GEOMYS_FAULT_TRIALS: repetitions of the scenarios that take a number of
   trials (default 1 here; 20 in the long run);
 - GEOMYS_FAULT_SOAK_SECONDS: length of the random-fault soak (default 20);
+- GEOMYS_FAULT_PARTITION_SECONDS: length of the run of repeated network
+  partitions (default 15);
 - GEOMYS_FAULT_FIGURES: a file each scenario appends its figures to, one JSON
   object a line (unset: figures are not kept).
 
@@ -36,6 +38,7 @@ class FaultSettings:
     def __init__(self) -> None:
         self.trials = int(_env_number("GEOMYS_FAULT_TRIALS", 1))
         self.soak_seconds = _env_number("GEOMYS_FAULT_SOAK_SECONDS", 20)
+        self.partition_seconds = _env_number("GEOMYS_FAULT_PARTITION_SECONDS", 15)
         self.long = self.trials > 1
 
 
