@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from tests.helpers import HOST, ServerProcess
 
@@ -48,9 +48,14 @@ class Endpoint(NamedTuple):
     grpc_port: int
 
 
+def nft_path() -> Optional[str]:
+    """Where `nft` is: on the PATH, else in the sbin directories a PATH may lack (None: not installed)."""
+    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+
+
 def nft(script: str = "", *args: str) -> str:
     """Run `nft ARGS` (with `script` on stdin for `-f -`); return stdout, raise on failure."""
-    done = subprocess.run(["nft", *args], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT)
+    done = subprocess.run([nft_path() or "nft", *args], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT)
     if done.returncode != 0:
         raise subprocess.CalledProcessError(done.returncode, ["nft", *args], done.stdout, done.stderr)
     return done.stdout
@@ -67,7 +72,7 @@ def ensure_nft() -> None:
         raise PartitionUnavailable("network partitions need root (nftables rules, processes under other uids)")
     if shutil.which("setpriv") is None:
         raise PartitionUnavailable("setpriv (util-linux) is missing")
-    if shutil.which("nft") is None:
+    if nft_path() is None:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "nftables"]):
             subprocess.run(argv, check=True, capture_output=True, timeout=INSTALL_TIMEOUT, env=env)
@@ -84,9 +89,9 @@ def ensure_nft() -> None:
 
 def remove_stale_tables() -> None:
     """Delete partition tables left by runs whose process is gone (killed before their teardown)."""
-    for pid in re.findall(r"^table ip %s(\d+)$" % TABLE_PREFIX, nft("", "list", "tables"), re.M):
+    for name, pid in re.findall(r"^table ip (%s(?:probe_)?(\d+))$" % TABLE_PREFIX, nft("", "list", "tables"), re.M):
         if not Path("/proc", pid).exists():
-            nft("", "delete", "table", "ip", TABLE_PREFIX + pid)
+            nft("", "delete", "table", "ip", name)
 
 
 def partition_ruleset(table: str, mark: int, cut: Endpoint, others: Sequence[Endpoint]) -> str:
@@ -110,8 +115,8 @@ def partition_ruleset(table: str, mark: int, cut: Endpoint, others: Sequence[End
         "    %s meta skuid %d tcp dport { %s } ct mark set %d" % (local, cut.uid, other_ports, mark),
         "    %s meta skuid %d tcp sport %d ct mark set %d" % (local, cut.uid, cut.grpc_port, mark),
         "    %s meta skuid { %s } tcp dport %d ct mark set %d" % (local, other_uids, cut.grpc_port, mark),
-        "    %s ct mark %d tcp dport { %s } drop" % (local, mark, ports),
-        "    %s ct mark %d tcp sport { %s } drop" % (local, mark, ports),
+        "    %s ct mark %d tcp dport { %s } counter drop" % (local, mark, ports),
+        "    %s ct mark %d tcp sport { %s } counter drop" % (local, mark, ports),
         "  }",
         "}",
         "",
@@ -131,11 +136,14 @@ class Firewall:
         nft(partition_ruleset(self.table, next(_marks), cut, others), "-f", "-")
         self.cut_off = cut
 
-    def heal(self) -> None:
-        """Remove the partition (delete the table); nothing happens if none is in place."""
-        if self.cut_off is not None:
-            nft("", "delete", "table", "ip", self.table)
-            self.cut_off = None
+    def heal(self) -> int:
+        """Remove the partition (delete the table); return how many packets it dropped (0: none in place)."""
+        if self.cut_off is None:
+            return 0
+        listing = nft("", "list", "table", "ip", self.table)
+        nft("", "delete", "table", "ip", self.table)
+        self.cut_off = None
+        return sum(int(n) for n in re.findall(r"counter packets (\d+) bytes", listing))
 
 
 class UidReservation:

@@ -132,17 +132,20 @@ class PartitionRun:
         # The writer stops before the heal, so no write of its own lands after it: what
         # it wrote is final once the cut is over, and so is what a read may show of it.
         writer.halt()
-        self.firewall.heal()
+        dropped = self.firewall.heal()
         healed_at = time.monotonic()
         writer.stop()
         reads_while_cut = self.readers.answered(victim, cut_at, healed_at)
         figures = dict(victim=("leader" if victim == leader else "follower"), cut_seconds=round(healed_at - cut_at, 2),
                        writer_acked_before_cut=writer.acked, reads_by_cut_node_while_cut=reads_while_cut,
+                       packets_dropped=dropped,
                        majority_acked_while_cut=self.background.acked - majority_acked)
         if prove:
             figures.update(noticed_seconds=round(noticed, 2))
             require_load(reads_while_cut, MIN_READS_WHILE_CUT, "GETs node %d answered while cut off" % victim)
-            assert self.background.acked > majority_acked, "the majority acknowledged nothing while node %d was cut off" % victim
+            assert dropped > 0, "the firewall dropped no packet: node %d was not cut off" % victim
+            assert self.background.acked > majority_acked, \
+                "the majority acknowledged nothing while node %d was cut off" % victim
             if victim == leader:
                 assert cluster.info(others[0])["term"] > term_before
         cluster.wait_members(ALL, timeout=10 * FAILURE_TIMEOUT + 10)   # the cut-off node is back
@@ -260,7 +263,10 @@ def test_follower_cut_off_from_the_others_loses_no_acknowledged_write_and_no_nod
 @pytest.mark.timeout(300 + 3 * SIZE.partition_seconds)
 def test_repeated_partitions_of_random_nodes_lose_nothing_and_show_no_uncommitted_write(
         partition_run, settings, figures):
-    """For settings.partition_seconds, cut a random node off for 0.5-3 s after a calm of 0.5-1.5 s.
+    """For settings.partition_seconds, cut a node off for 0.5-3 s after a calm of 0.5-1.5 s.
+
+    The cuts take the leader and a random follower in turn (which comes
+    first is random).
 
     One cut at a time, and before each the cluster is whole again (three
     members agreeing on a leader). Some cuts are shorter than a failure
@@ -277,12 +283,15 @@ def test_repeated_partitions_of_random_nodes_lose_nothing_and_show_no_uncommitte
         figures.add(acked_before_fault=run.start())
         started = time.monotonic()
         cuts = {"leader": 0, "follower": 0}
+        leader_first = rng.random() < 0.5
         while time.monotonic() - started < settings.partition_seconds:
-            run.cluster.wait_leader()
+            leader = run.cluster.wait_leader()
             time.sleep(rng.uniform(*CALM_RANGE))                   # calm: the load runs undisturbed
-            found = run.cut_off(rng.choice(ALL), rng.uniform(*CUT_RANGE), prove=False)
+            cut_leader = leader_first == (sum(cuts.values()) % 2 == 0)
+            victim = leader if cut_leader else rng.choice([n for n in ALL if n != leader])
+            found = run.cut_off(victim, rng.uniform(*CUT_RANGE), prove=False)
             cuts[found["victim"]] += 1
-            figures.add(cut_seconds=found["cut_seconds"])
+            figures.add(cut_seconds=found["cut_seconds"], packets_dropped=found["packets_dropped"])
         figures.add(run_seconds=round(time.monotonic() - started, 1), leader_cuts=cuts["leader"],
                     follower_cuts=cuts["follower"])
         require_load(sum(cuts.values()), MIN_CUTS, "cuts made")
