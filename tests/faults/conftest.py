@@ -23,6 +23,8 @@ from typing import Optional
 
 import pytest
 
+from tests.faults.partition import PartitionUnavailable, ensure_nft
+
 #: Acknowledged writes a scenario needs before its fault; below, it is vacuous.
 MIN_ACKED_BEFORE_FAULT = 1000
 
@@ -78,6 +80,15 @@ def require_load(acked: int, minimum: int = MIN_ACKED_BEFORE_FAULT, what: str = 
 @pytest.fixture(scope="session")
 def settings() -> FaultSettings:
     return FaultSettings()
+
+
+@pytest.fixture(scope="session")
+def nftables() -> None:
+    """nft installed and working (tests/faults/partition.py), or the test is skipped with the reason."""
+    try:
+        ensure_nft()
+    except PartitionUnavailable as exc:
+        pytest.skip("no network partitions here: %s" % exc)
 
 
 @pytest.hookimpl(hookwrapper=True)

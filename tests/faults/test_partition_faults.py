@@ -19,7 +19,7 @@ import pytest
 
 from tests.cluster_helpers import FAILURE_TIMEOUT, Cluster, WriteLoad
 from tests.faults.conftest import FaultSettings, require_load
-from tests.faults.partition import Firewall, PartitionUnavailable, UidNode, UidReservation, ensure_nft
+from tests.faults.partition import Firewall, UidNode, UidReservation
 from tests.faults.reads import ReadRecorder, dirty_reads
 from tests.faults.test_cluster_faults import ALL, converge, load_before_fault, lost_writes, running_ports, soak_seed
 
@@ -49,15 +49,6 @@ class DirtyRead(AssertionError):
 DIRTY_READS_KNOWN = pytest.mark.xfail(
     raises=DirtyRead, strict=False,
     reason="a deposed leader serves reads of entries it never committed (followers apply before commit)")
-
-
-@pytest.fixture(scope="session")
-def nftables():
-    """nft, installed and working, or the scenarios are skipped with the kernel's reason."""
-    try:
-        ensure_nft()
-    except PartitionUnavailable as exc:
-        pytest.skip("no network partitions here: %s" % exc)
 
 
 class PartitionRun:
