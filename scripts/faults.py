@@ -3,10 +3,11 @@
 
 Runs `python -m pytest tests/faults -q` with GEOMYS_FAULT_TRIALS,
 GEOMYS_FAULT_SOAK_SECONDS, GEOMYS_FAULT_PARTITION_SECONDS and
-GEOMYS_FAULT_FIGURES set (tests/faults/conftest.py explains them). Every scenario appends its figures to that file as one JSON
-line; pytest's JUnit report gives each test's outcome and time. Both are
-rendered between the `<!-- faults:begin -->` and `<!-- faults:end -->` markers
-of --out, leaving the prose around them alone.
+GEOMYS_FAULT_FIGURES set (tests/faults/conftest.py explains them). Every
+scenario appends its figures to that file as one JSON line; pytest's JUnit
+report gives each test's outcome and time. Both are rendered between the
+`<!-- faults:begin -->` and `<!-- faults:end -->` markers of --out, leaving
+the prose around them alone.
 
     python scripts/faults.py                                   # 20 trials, a 300 s soak, 120 s of partitions
     python scripts/faults.py --trials 2 --soak-seconds 20 --partition-seconds 15 --out /tmp/reliability.md

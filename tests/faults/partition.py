@@ -55,7 +55,8 @@ def nft_path() -> Optional[str]:
 
 def nft(script: str = "", *args: str) -> str:
     """Run `nft ARGS` (with `script` on stdin for `-f -`); return stdout, raise on failure."""
-    done = subprocess.run([nft_path() or "nft", *args], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT)
+    done = subprocess.run([nft_path() or "nft", *args], input=script, capture_output=True, text=True,
+                          timeout=NFT_TIMEOUT)
     if done.returncode != 0:
         raise subprocess.CalledProcessError(done.returncode, ["nft", *args], done.stdout, done.stderr)
     return done.stdout
