@@ -67,6 +67,7 @@ class PartitionRun:
         self.background: Optional[WriteLoad] = None
         self.readers = ReadRecorder(cluster, ALL, self.target_keys)
         self.first_cut: Optional[float] = None
+        self.figures: dict = {}                      # set by `check`
 
     def target_keys(self) -> list[str]:
         """What the readers GET: the counters of the newest writer and the SET each of its threads is sending."""
@@ -120,8 +121,9 @@ class PartitionRun:
             cluster.wait_members(others)                  # the leader removed the node it no longer hears
             noticed = time.monotonic() - cut_at
         time.sleep(max(cut_at + hold - time.monotonic(), 0))    # the fault's chosen length
-        # The writer stops before the heal, so no write of its own lands after it: what
-        # it wrote is final once the cut is over, and so is what a read may show of it.
+        # The writer is told to stop before the heal: at most the operation each thread has
+        # in flight ends after it, and nothing is sent to its keys later, so the final state
+        # shows what of it committed.
         writer.halt()
         dropped = self.firewall.heal()
         healed_at = time.monotonic()
@@ -202,7 +204,7 @@ def partition_run(tmp_path, nftables):
 
 def record(figures, run: PartitionRun) -> None:
     """Add the final figures of `run` to the scenario's (even when it failed on a dirty read)."""
-    figures.add(**getattr(run, "figures", {}))
+    figures.add(**run.figures)
 
 
 # -- 12. one node cut off: the leader, a follower ----------------------------------------------------
