@@ -63,20 +63,19 @@ def nft(script: str = "", *args: str) -> str:
 
 
 def ensure_nft() -> None:
-    """Make `nft` usable: install the Debian package if missing, then create and delete a probe table.
+    """Make `nft` usable: install its Debian package if missing, then create and delete a probe table.
 
-    Raises PartitionUnavailable when the process is not root or the kernel
-    refuses nftables (the one reason the scenarios are skipped); a failed
-    install is an error of the environment and raises CalledProcessError.
+    `setpriv` (util-linux) is installed the same way if missing. Raises
+    PartitionUnavailable when the process is not root or the kernel refuses
+    nftables (the one reason the scenarios are skipped); a failed install is
+    an error of the environment and raises RuntimeError.
     """
     if os.geteuid() != 0:
         raise PartitionUnavailable("network partitions need root (nftables rules, processes under other uids)")
-    if shutil.which("setpriv") is None:
-        raise PartitionUnavailable("setpriv (util-linux) is missing")
-    if nft_path() is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "nftables"]):
-            subprocess.run(argv, check=True, capture_output=True, timeout=INSTALL_TIMEOUT, env=env)
+    missing = [package for package, found in (("nftables", nft_path()), ("util-linux", shutil.which("setpriv")))
+               if found is None]
+    if missing:
+        apt_install(missing)
     # The probe has the rules of a real cut (uid match, connection marks), on ports no one uses.
     probe = "%sprobe_%d" % (TABLE_PREFIX, os.getpid())
     unused = [Endpoint(UID_RANGE.start + n, n + 1) for n in range(3)]
@@ -86,6 +85,17 @@ def ensure_nft() -> None:
     except subprocess.CalledProcessError as exc:
         raise PartitionUnavailable("the kernel refuses an nftables table: %s" % exc.stderr.strip()) from None
     remove_stale_tables()
+
+
+def apt_install(packages: list[str]) -> None:
+    """Install Debian packages (apt-get update first); raise with apt's own words if it fails."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    lock = ["-o", "DPkg::Lock::Timeout=300"]   # another run may be installing right now
+    for argv in (["apt-get", *lock, "update", "-q"], ["apt-get", *lock, "install", "-y", "-q", *packages]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=env)
+        if done.returncode != 0:
+            raise RuntimeError("%s failed (status %d): %s" % (" ".join(argv), done.returncode,
+                                                             done.stderr.strip()[-2000:]))
 
 
 def remove_stale_tables() -> None:
