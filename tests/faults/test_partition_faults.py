@@ -20,7 +20,7 @@ import pytest
 from tests.cluster_helpers import FAILURE_TIMEOUT, Cluster, WriteLoad
 from tests.faults.conftest import FaultSettings, require_load
 from tests.faults.partition import Firewall, UidNode, UidReservation
-from tests.faults.reads import ReadRecorder, dirty_reads
+from tests.faults.reads import Read, ReadRecorder, dirty_reads
 from tests.faults.test_cluster_faults import ALL, converge, load_before_fault, lost_writes, running_ports, soak_seed
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ class PartitionRun:
         self.writers: list[WriteLoad] = []
         self.background: Optional[WriteLoad] = None
         self.readers = ReadRecorder(cluster, ALL, self.target_keys)
-        self.first_cut: Optional[float] = None
+        self.cut_times: list[float] = []             # time.monotonic() of every cut
         self.figures: dict = {}                      # set by `check`
 
     def target_keys(self) -> list[str]:
@@ -114,7 +114,7 @@ class PartitionRun:
         endpoints = {n: cluster.nodes[n].endpoint() for n in ALL}
         self.firewall.isolate(endpoints[victim], [endpoints[n] for n in others])
         cut_at = time.monotonic()
-        self.first_cut = self.first_cut or cut_at
+        self.cut_times.append(cut_at)
         noticed = None
         if prove and victim == leader:
             cluster.wait_leader(ids=others, not_in=[victim])
@@ -146,6 +146,14 @@ class PartitionRun:
         cluster.wait_members(ALL, timeout=10 * FAILURE_TIMEOUT + 10)   # the cut-off node is back
         return figures
 
+    def cut_number(self, read: Read) -> int:
+        """Which cut (counting from 1) came last before `read` was answered (0: none)."""
+        return sum(1 for at in self.cut_times if at <= read.answered)
+
+    def since_cut(self, read: Read) -> float:
+        """Seconds from the last cut before `read` to its answer (negative: before the first cut)."""
+        return read.answered - self.cut_times[max(self.cut_number(read) - 1, 0)]
+
     def check(self) -> dict:
         """Converge, then judge every acknowledged write and every read; return the figures.
 
@@ -153,7 +161,7 @@ class PartitionRun:
         DirtyRead, naming the first few.
         """
         self.stop()
-        infos, converged = converge(self.cluster, ALL, self.background)
+        _, converged = converge(self.cluster, ALL, self.background)
         loads = [self.background, *self.writers]
         lost = lost_writes(self.cluster, loads, ALL)
         reads = self.readers.distinct()
@@ -170,11 +178,13 @@ class PartitionRun:
                        digests_equal_seconds=round(converged, 2), lost_writes=len(lost), dirty_reads=len(dirty),
                        dirty_reads_by_node={str(n): sum(1 for r in dirty if r.node_id == n) for n in ALL},
                        key_exists_of_uncommitted=len(revealed))
+        if dirty:
+            figures.update(first_dirty_read_after_its_cut_seconds=round(min(map(self.since_cut, dirty)), 2))
         self.figures = figures
         assert not lost, "%d acknowledged writes lost, e.g. %s" % (len(lost), lost[:5])
         if dirty or revealed:
-            shown = ["node %d, %.2f s after the first cut: GET %s -> %r, finally %r" % (
-                r.node_id, r.answered - self.first_cut, r.key, r.value, final.get(r.key))
+            shown = ["node %d, %.2f s after cut %d: GET %s -> %r, finally %r" % (
+                r.node_id, self.since_cut(r), self.cut_number(r), r.key, r.value, final.get(r.key))
                 for r in sorted(dirty, key=lambda r: r.answered)[:5]]
             raise DirtyRead("%d reads showed writes that never committed, e.g. %s; %d retried SETs answered "
                             "KEY_EXISTS for keys absent at the end, e.g. %s" % (len(dirty), shown, len(revealed),
