@@ -105,3 +105,17 @@ def test_the_rendered_section_has_a_row_per_scenario_and_its_figures(tmp_path):
     assert "| missing | 0 (all 2) |" in text
     assert "| acked | min 1,500 / median 2,000 / max 2,500 (2 values) |" in text
     assert "No figures recorded." in text  # test_b recorded none
+
+
+def test_a_scenario_failing_on_a_known_fault_reads_as_xfailed_not_skipped(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.faults.test_x" name="test_a" time="2.5">'
+        '<skipped type="pytest.xfail" message="a known fault" /></testcase>'
+        '<testcase classname="tests.faults.test_x" name="test_b" time="1.0">'
+        '<skipped type="pytest.skip" message="no nft" /></testcase>'
+        '<testcase classname="tests.faults.test_x" name="test_c" time="1.0" />'
+        '</testsuite></testsuites>')
+    assert faults.read_outcomes(junit) == [("test_x", "test_a", "xfailed", 2.5), ("test_x", "test_b", "skipped", 1.0),
+                                           ("test_x", "test_c", "passed", 1.0)]
