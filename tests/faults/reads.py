@@ -66,7 +66,7 @@ class ReadRecorder:
         self.timeout = timeout
         self.interval = interval
         self.seen: dict[tuple, Read] = {}            # (node_id, key, value) -> its first read
-        self.rounds: list[tuple[int, float, int]] = []    # (node_id, answered, GETs answered)
+        self.rounds: list[tuple[int, float, int, int]] = []   # (node_id, when, GETs answered, GETs replied to)
         self.errors: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -92,9 +92,15 @@ class ReadRecorder:
             return list(self.seen.values())
 
     def answered(self, node_id: Optional[int] = None, since: float = 0.0, until: float = float("inf")) -> int:
-        """GETs answered (by `node_id`, default any) between `since` and `until`."""
+        """GETs answered with a value or NOT_FOUND (by `node_id`, default any) between `since` and `until`."""
         with self._lock:
-            return sum(n for node, at, n in self.rounds
+            return sum(n for node, at, n, _ in self.rounds
+                       if (node_id is None or node == node_id) and since <= at <= until)
+
+    def replied(self, node_id: Optional[int] = None, since: float = 0.0, until: float = float("inf")) -> int:
+        """GETs that got any reply, an answer or a refusal such as NO_LEADER, between `since` and `until`."""
+        with self._lock:
+            return sum(n for node, at, _, n in self.rounds
                        if (node_id is None or node == node_id) and since <= at <= until)
 
     def _note_error(self, what: str) -> None:
@@ -129,7 +135,7 @@ class ReadRecorder:
                 else:
                     self._note_error(reply.get("code") or "?")
             with self._lock:
-                self.rounds.append((node_id, answered, len(found)))
+                self.rounds.append((node_id, answered, len(found), len(replies)))
                 for read in found:
                     self.seen.setdefault((node_id, read.key, read.value), read)
         if client is not None:
