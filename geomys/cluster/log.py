@@ -8,19 +8,18 @@ discard them. Owned by the consensus core (geomys.cluster.core), which runs
 under the driver's lock.
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .rules import NodeAddress
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One log entry: a write's effect record (encoded by geomys.records), or a membership change.
 
     `members` is set only on a membership entry: the voting members from
     that entry on. Its `record` is the same membership as an effect record,
-    so the append-only file can carry it like any other.
+    so the append-only file can carry it like any other. (A named tuple: the
+    log makes one per write on every node, and it is the cheapest immutable.)
     """
 
     seq: int

@@ -82,8 +82,9 @@ class ClusterNode:
         # same hold of the lock that applied it, so log order is apply order.
         self.lock = self.store.lock
         self._changed = threading.Condition(self.lock)   # role changes, snapshots, membership
-        # Replies waiting for a commit, as a heap of (seq, n, condition): a commit
-        # wakes only those it covers, not every waiting client.
+        # Replies waiting for a commit, as a heap of (seq, n, gate): a commit opens
+        # only the gates it covers, not every waiting client. A gate is a plain
+        # lock its waiter holds and blocks on again: far cheaper than a Condition.
         self._waiters: list = []
         self._waiter_count = 0
         self.leadership = 0        # bumped whenever this node stops leading
@@ -112,7 +113,7 @@ class ClusterNode:
             elif kind is core_mod.Committed:
                 waiters = self._waiters
                 while waiters and waiters[0][0] <= action.seq:
-                    heapq.heappop(waiters)[2].notify()
+                    heapq.heappop(waiters)[2].release()
             elif kind is core_mod.Apply:
                 self._applying = True   # the entries are in the log already: append() must not propose them
                 try:
@@ -143,8 +144,8 @@ class ClusterNode:
 
     def _wake_all(self) -> None:
         """Wake every waiting reply and joiner: the role changed or the store was replaced (caller holds the lock)."""
-        for _, _, waiter in self._waiters:
-            waiter.notify()
+        for _, _, gate in self._waiters:
+            gate.release()
         self._waiters.clear()
         self._changed.notify_all()
 
@@ -313,8 +314,11 @@ class ClusterNode:
             return
         with self.lock:
             leadership, generation = self.leadership, self.store_generation
-            deadline = self.now() + self.config.failure_timeout
-            while core.commit < seq:
+        deadline = self.now() + self.config.failure_timeout
+        while True:
+            with self.lock:
+                if core.commit >= seq:
+                    return
                 if self.leadership != leadership or self.store_generation != generation:
                     raise NoLeader("leadership was lost before this reply's data reached a majority; "
                                    "a write's outcome is unknown")
@@ -326,10 +330,11 @@ class ClusterNode:
                 remaining = deadline - self.now()
                 if remaining <= 0:
                     raise NoLeader("this node holds writes the cluster has not confirmed; try again shortly")
-                waiter = threading.Condition(self.lock)
+                gate = threading.Lock()
+                gate.acquire()
                 self._waiter_count += 1
-                heapq.heappush(self._waiters, (seq, self._waiter_count, waiter))
-                waiter.wait(remaining)
+                heapq.heappush(self._waiters, (seq, self._waiter_count, gate))
+            gate.acquire(timeout=remaining)
 
     # -- the engine's forwarder (follower) ---------------------------------------------------
 

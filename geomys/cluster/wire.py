@@ -55,8 +55,8 @@ def unpack_entries(data: bytes) -> tuple[Entry, ...]:
         return ()
     try:
         items = msgpack.unpackb(data, raw=False, use_list=False)
-        return tuple(Entry(seq, term, record, None if members is None
-                           else tuple(NodeAddress(*node) for node in members))
+        return tuple(Entry(seq, term, record) if members is None
+                     else Entry(seq, term, record, tuple(NodeAddress(*node) for node in members))
                      for seq, term, record, members in items)
     except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:
         raise WireError("malformed entries: %s" % exc) from None
