@@ -23,7 +23,7 @@ class WireError(Exception):
 
 # The oneof field of pb.Message that carries each core message type.
 _FIELD = {cls: pb.Message.DESCRIPTOR.fields_by_camelcase_name[cls.__name__[0].lower() + cls.__name__[1:]].name
-          for cls in (core.Append, core.AppendReply, core.Poll, core.PollReply, core.CanYouLead,
+          for cls in (core.Append, core.AppendReply, core.Commit, core.Poll, core.PollReply, core.CanYouLead,
                       core.CanYouLeadReply, core.NewLeader, core.NewLeaderReply, core.Fetch, core.FetchReply,
                       core.Join, core.JoinReply, core.Leave, core.LeaveReply, core.Rejected)}
 _CLASS = {name: cls for cls, name in _FIELD.items()}
