@@ -72,18 +72,19 @@ class ClusterNode:
     """One node's part in the cluster: roles, log, replication, elections."""
 
     def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None, peers=None,
-                 spawn: Optional[Callable[[str, Callable, tuple], None]] = None) -> None:
+                 spawn: Optional[Callable[[str, Callable, tuple], None]] = None, channel_credentials=None) -> None:
         """Wire a node; tests pass a fake clock, an in-memory network as `peers` and a task runner as `spawn`."""
         self.config = config
         self.engine = engine
         self.store = engine.store
         self.now = (clock or SystemClock()).monotonic
         self._spawner = spawn
-        self.me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.port),
+        self.me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.client_port),
                               "%s:%d" % (config.advertise_host, config.grpc_port))
         self.state = ClusterState(self_id=config.node_id)
         self.backlog = Backlog(config.backlog_entries, config.backlog_bytes)
-        self.peers = peers or Peers(config.rpc_timeout, config.max_request_bytes + (4 << 20), config.cluster_secret)
+        self.peers = peers or Peers(config.rpc_timeout, config.max_request_bytes + (4 << 20), config.cluster_secret,
+                                    channel_credentials)
         self._lock = threading.RLock()
         # Two conditions on one lock, so a new entry wakes only the senders and
         # a commit only the clients waiting for one (never a herd of both).

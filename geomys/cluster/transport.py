@@ -34,8 +34,10 @@ def channel_options(max_message_bytes: int) -> list:
 class Peers:
     """Blocking stubs to other nodes, keyed by gRPC address."""
 
-    def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str]) -> None:
+    def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str],
+                 credentials: Optional[grpc.ChannelCredentials] = None) -> None:
         self.rpc_timeout = rpc_timeout
+        self._credentials = credentials  # TLS (geomys.tls) when set, else plaintext
         self._options = channel_options(max_message_bytes)
         self._metadata = ((SECRET_HEADER, secret),) if secret else ()
         self._stubs: dict[str, pb_grpc.ClusterStub] = {}
@@ -46,7 +48,8 @@ class Peers:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=self._options)
+                channel = (grpc.secure_channel(address, self._credentials, options=self._options)
+                           if self._credentials else grpc.insecure_channel(address, options=self._options))
                 self._channels[address] = channel
                 stub = self._stubs[address] = pb_grpc.ClusterStub(channel)
             return stub
