@@ -195,7 +195,7 @@ class ServerTls:
     def grpc_server_credentials(self):
         """Credentials for the cluster's gRPC port: mutual TLS, the peer's certificate checked against the CA.
 
-        They are dynamic: gRPC asks `_grpc_certificate` before every new
+        They are dynamic: gRPC asks `grpc_certificate_update` before every new
         handshake, so a reload reaches new connections between nodes too.
         """
         import grpc
@@ -203,7 +203,7 @@ class ServerTls:
         with self._lock:
             self._grpc_generation = self._generation
         return grpc.dynamic_ssl_server_credentials(self._grpc_configuration(self._material),
-                                                   self._grpc_certificate, require_client_authentication=True)
+                                                   self.grpc_certificate_update, require_client_authentication=True)
 
     def grpc_channel_credentials(self):
         """Credentials for calls to other nodes: trust the CA only, present our certificate."""
@@ -213,7 +213,7 @@ class ServerTls:
         return grpc.ssl_channel_credentials(root_certificates=material.ca_pem, private_key=material.key_pem,
                                             certificate_chain=material.cert_pem)
 
-    def _grpc_certificate(self):
+    def grpc_certificate_update(self):
         """gRPC's fetcher: the new configuration after a reload, else None (keep the current one)."""
         with self._lock:
             if self._grpc_generation == self._generation:
