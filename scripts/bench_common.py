@@ -271,12 +271,12 @@ def start_geomys(servers: Servers, name: str, workdir: Path, *options: str, port
 
 def start_cluster(servers: Servers, workdir: Path, heartbeat: float = FAST_HEARTBEAT,
                   failure_timeout: float = FAST_FAILURE_TIMEOUT, size: int = 3,
-                  join_timeout: float = 120.0, prefix: str = "node") -> list[Server]:
-    """Start `size` nodes: node 1 bootstraps, the others join it one at a time.
+                  join_timeout: float = 120.0, prefix: str = "node", options: Sequence[str] = ()) -> list[Server]:
+    """Start `size` nodes: node 1 bootstraps, the others join it one at a time; every node gets `options`.
 
     Returns once INFO on the leader lists every node as a member.
     """
-    timings = ["--heartbeat_interval", str(heartbeat), "--failure_timeout", str(failure_timeout)]
+    timings = ["--heartbeat_interval", str(heartbeat), "--failure_timeout", str(failure_timeout), *options]
     leader_port = free_port(span=1000)
     leader = servers.add(Server("%s1" % prefix, geomys_argv(leader_port, "-node_id=1", "-bootstrap", *timings),
                                 leader_port, workdir)).wait_ready()
