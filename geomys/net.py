@@ -10,7 +10,6 @@ import logging
 import select
 import socket
 import socketserver
-import ssl
 import threading
 from typing import Optional
 
@@ -81,7 +80,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
             raw.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
             sock = self.server.tls.context.wrap_socket(raw, server_side=True)
             sock.settimeout(None)
-        except (ssl.SSLError, OSError) as exc:  # the failed SSLSocket has closed itself
+        except OSError as exc:  # ssl.SSLError included; the failed SSLSocket has closed itself
             self.server.handshake_failed()
             logger.debug("TLS handshake with %s failed: %s", self.ctx.address, exc)
             return False

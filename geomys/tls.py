@@ -8,13 +8,10 @@ thread (start, SIGHUP), handler threads (the current context) and gRPC's
 threads (the current server certificate).
 """
 
-import logging
 import ssl
 import threading
 from dataclasses import dataclass
 from typing import Optional
-
-logger = logging.getLogger(__name__)
 
 AUTH_CLIENTS = ("no", "optional", "yes")
 _VERIFY_MODES = {"no": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "yes": ssl.CERT_REQUIRED}
@@ -58,8 +55,12 @@ def read_pem(path: str, what: str) -> bytes:
     return data
 
 
+class _Encrypted(Exception):
+    """Raised from ssl's passphrase callback: a key that needs a passphrase is refused, never prompted for."""
+
+
 def _no_passphrase():
-    raise TlsError("encrypted private keys are not supported")
+    raise _Encrypted
 
 
 def server_context(files: TlsFiles, auth_clients: str = "no") -> ssl.SSLContext:
@@ -101,6 +102,8 @@ def _load_chain(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:
     read_pem(key_file, "key")
     try:
         context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _Encrypted:
+        raise TlsError("the TLS key %s is encrypted; give it without a passphrase" % key_file) from None
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc):
             raise TlsError("the TLS key %s does not match the certificate %s" % (key_file, cert_file)) from None

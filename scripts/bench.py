@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Server, Servers, command_path, free_port, machine_summary, median,
-                          positive_int, replace_section, run_main, start_cluster, start_geomys)
+                          positive_int, publish, run_main, start_cluster, start_geomys)
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis")
 TESTS = ("set", "get", "incr")
@@ -460,9 +460,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         samples = run_matrix(targets, args.tests, repeat, requests, args.max_seconds)
     text = render(summarize(samples), args.servers, args.tests, repeat, requests, args.max_seconds,
                   "cluster" in args.servers and not args.quick, argv, time.monotonic() - started)
-    print(text)
-    replace_section(args.output, SECTION, text)
-    print("\nwritten into %s" % args.output, file=sys.stderr)
+    publish(text, args.output, SECTION)
     return 0
 
 

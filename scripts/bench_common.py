@@ -331,6 +331,13 @@ def replace_section(path: Path, name: str, text: str) -> None:
     path.write_text(new)
 
 
+def publish(text: str, path: Path, section: str) -> None:
+    """Print the generated markdown and write it into its section of `path`."""
+    print(text)
+    replace_section(path, section, text)
+    print("\nwritten into %s" % path, file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
     try:

@@ -60,3 +60,19 @@ def test_memory_bench_reports_positive_figures_for_a_few_keys():
     assert replay and float(replay.group(1)) > 0
     join = re.search(r"join sync of 2,000 keys.*\| ([\d.]+) \|$", run.stdout, re.M)
     assert join and float(join.group(1)) > 0
+
+
+def test_bench_tls_quick_reports_ratios_for_every_cell_and_the_handshake_cost(tmp_path):
+    output = tmp_path / "performance.md"
+    run = run_script("bench_tls.py", "--quick", "--requests", "300", "--connections", "10", "--max-seconds", "10",
+                     "--output", str(output), timeout=240)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert text.count("<!-- tls:begin -->") == 1
+    client = re.findall(r"^\| (SET|GET), -P (?:1|16) \| (\d+) \| (\d+) \| ([\d.]+)", text, re.M)
+    cluster = re.findall(r"^\| via the (leader|follower), -P (?:1|16) \| (\d+) \| (\d+) \| ([\d.]+) \| "
+                         r"[\d.]+ → [\d.]+ \|$", text, re.M)
+    assert len(client) == 4 and len(cluster) == 4, text
+    for _, plain, tls, ratio in client + cluster:
+        assert int(plain) > 0 and int(tls) > 0 and float(ratio) > 0
+    assert re.search(r"([\d.]+) ms plaintext, ([\d.]+) ms TLS", text), text

@@ -230,3 +230,11 @@ def test_a_failed_reload_keeps_the_current_certificate_and_logs_one_line(start_t
     finally:
         fresh.close()
     assert tls_info(server)["reloads"] == 0
+
+
+def test_sighup_without_tls_is_logged_and_the_server_goes_on(start_server):
+    server = start_server()
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP ignored" in server.log_text(), 10, message="the SIGHUP logged")
+    assert server.call("PING")["message"] == "PONG"
+    assert server.info()["tls"] == {"clients": False, "cluster": False}

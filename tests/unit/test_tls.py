@@ -54,6 +54,17 @@ def test_a_key_of_another_certificate_does_not_match(files, pki):
         tls.server_context(tls.TlsFiles(files.cert_file, other.key_file))
 
 
+def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(files, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(open(files.key_file, "rb").read(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
+    with pytest.raises(tls.TlsError, match="encrypted.key is encrypted"):
+        tls.server_context(tls.TlsFiles(files.cert_file, str(encrypted)))
+
+
 def test_a_ca_file_that_is_not_pem_is_refused(files, tmp_path):
     not_pem = tmp_path / "ca.der"
     not_pem.write_bytes(ssl.PEM_cert_to_DER_cert(open(files.ca_file).read()))
