@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bench_common import (REPO, BenchError, Server, Servers, command_path, free_port, machine_summary, median,
-                          positive_int, publish, run_main, start_cluster, start_geomys)
+from bench_common import (REPO, BenchError, Server, Servers, add_output_option, command_path, free_port,
+                          machine_summary, median, positive_int, publish, run_main, start_cluster, start_geomys)
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis")
 TESTS = ("set", "get", "incr")
@@ -442,8 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list from %s (default all; redis only if installed)" % ",".join(SERVERS))
     add("--tests", type=parse_list(TESTS), default=TESTS, metavar="LIST",
         help="comma list from %s (default all)" % ",".join(TESTS))
-    add("--output", type=Path, default=REPO / "docs" / "performance.md", metavar="PATH",
-        help="markdown file whose generated section is replaced (default docs/performance.md)")
+    add_output_option(parser)
     return parser
 
 

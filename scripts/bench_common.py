@@ -331,6 +331,12 @@ def replace_section(path: Path, name: str, text: str) -> None:
     path.write_text(new)
 
 
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """Add --output: the markdown file whose generated section a script replaces."""
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "performance.md", metavar="PATH",
+                        help="markdown file whose generated section is replaced (default docs/performance.md)")
+
+
 def publish(text: str, path: Path, section: str) -> None:
     """Print the generated markdown and write it into its section of `path`."""
     print(text)

@@ -40,7 +40,7 @@ from typing import Callable, Optional, Sequence
 
 import msgpack
 from bench import geomys_benchmark_argv, parse_geomys_report
-from bench_common import (HOST, REPO, BenchError, Server, Servers, free_port, machine_summary, median,
+from bench_common import (HOST, BenchError, Server, Servers, add_output_option, free_port, machine_summary, median,
                           positive_int, publish, run_main, start_cluster, start_geomys)
 from make_certs import LOCAL_NAMES, write_all
 
@@ -205,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="new connections per handshake run (default 500, --quick 50)")
     add("--max-seconds", type=float, default=60.0, metavar="S",
         help="bound of each run; one cut short fails the script (default %(default)s)")
-    add("--output", type=Path, default=REPO / "docs" / "performance.md", metavar="PATH",
-        help="markdown file whose generated section is replaced (default docs/performance.md)")
+    add_output_option(parser)
     return parser
 
 
