@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, TextIO
 from .client import DEFAULT_HOST, DEFAULT_PORT, Client, GeomysConnectionError
 from .commands import TABLE, CommandSpec, lookup
 from .errors import GeomysError
+from .tls import TlsError
 
 PROMPT = ">> "
 HISTORY_FILE = "~/.geomys/cli_history"
@@ -254,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="server port (default: %(default)s)")
     parser.add_argument("-a", "-password", "--password", default=None,
                         help="send AUTH with this password on connecting")
+    parser.add_argument("--tls", "-tls", action="store_true", help="connect over TLS (the server's tls_port)")
+    parser.add_argument("--cacert", "-cacert", metavar="FILE",
+                        help="CA certificate (PEM) the server's must chain to (default: the system's CAs)")
+    parser.add_argument("--cert", "-cert", metavar="FILE", help="client certificate (PEM), for tls_auth_clients")
+    parser.add_argument("--key", "-key", metavar="FILE", help="private key of --cert (PEM)")
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND ARGS",
                         help="a command to run once, e.g. set name 'john doe'")
     return parser
@@ -261,8 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `geomys-cli`; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    client = Client(args.host, args.port, password=args.password, connect_timeout=CONNECT_TIMEOUT)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.tls and (args.cacert or args.cert or args.key):
+        parser.error("--cacert, --cert and --key need --tls")
+    try:
+        client = Client(args.host, args.port, password=args.password, connect_timeout=CONNECT_TIMEOUT,
+                        ssl=args.tls, ssl_ca_certs=args.cacert, ssl_certfile=args.cert, ssl_keyfile=args.key)
+    except TlsError as exc:
+        parser.error(str(exc))
     try:
         with client:
             if args.words:

@@ -22,6 +22,10 @@
 #   GEOMYS_*          any other server option, e.g. GEOMYS_HEARTBEAT_INTERVAL=0.5
 #                     GEOMYS_FAILURE_TIMEOUT=2 (geomys reads its options from the environment)
 #   GEOMYS_START_TIMEOUT / GEOMYS_STOP_TIMEOUT  seconds to wait for a node to start (60) / stop (20)
+#   GEOMYS_TLS_DIR    a folder of certificates: ca.pem, and nodeN.crt / nodeN.key for N = 1..3
+#                     (scripts/make_certs.py DIR makes throwaway ones). With it, the nodes talk
+#                     over mutual TLS (tls_cluster) and each also serves TLS clients on its client
+#                     port + 100 (tls_port); the plaintext ports stay, on 127.0.0.1 only.
 #
 # Every node runs with persistence = writethrough and its own file DIR/nodeN.aof,
 # which a restart keeps. The verbs act only on the PIDs this script recorded in
@@ -65,6 +69,8 @@ host=127.0.0.1
 ids=(1 2 3)
 start_timeout=${GEOMYS_START_TIMEOUT:-60}
 stop_timeout=${GEOMYS_STOP_TIMEOUT:-20}
+tls_dir=${GEOMYS_TLS_DIR:-}
+tls_offset=100
 
 case "$base" in '' | *[!0-9]*) echo "GEOMYS_BASE_PORT must be a port number, got '$base'" >&2; exit 2 ;; esac
 if [ "$base" -lt 1 ] || [ $((base + 2 + 1000)) -gt 65535 ]; then
@@ -85,6 +91,16 @@ if [ -z "${PYTHON:-}" ]; then
     shebang=$(head -n 1 "${server[0]}" 2>/dev/null || true)
     case "$shebang" in '#!'*python*) PYTHON=${shebang#\#!} ;; esac
     case "${server[0]}" in *python*) PYTHON=${server[0]} ;; esac
+fi
+
+if [ -n "$tls_dir" ]; then
+    tls_dir=$(cd "$tls_dir" 2>/dev/null && pwd) || { echo "GEOMYS_TLS_DIR: no folder at ${GEOMYS_TLS_DIR}" >&2; exit 2; }
+    for file in ca.pem node1.crt node1.key node2.crt node2.key node3.crt node3.key; do
+        if [ ! -r "$tls_dir/$file" ]; then
+            echo "GEOMYS_TLS_DIR=$tls_dir lacks $file (scripts/make_certs.py $tls_dir makes throwaway ones)" >&2
+            exit 2
+        fi
+    done
 fi
 
 port_of() { echo $((base + $1 - 1)); }
@@ -230,14 +246,19 @@ wait_exited() {  # wait_exited PID SECONDS: until the process is gone (a zombie 
 }
 
 launch() {  # launch ID ARGS...
-    local id=$1 port
+    local id=$1 port tls=() tls_note=""
     shift
     port=$(port_of "$id")
+    if [ -n "$tls_dir" ]; then
+        tls=(-tls_cluster=yes -tls_port="$((port + tls_offset))" -tls_ca_file="$tls_dir/ca.pem"
+             -tls_cert_file="$tls_dir/node$id.crt" -tls_key_file="$tls_dir/node$id.key")
+        tls_note=", TLS client $host:$((port + tls_offset)), gRPC over mutual TLS"
+    fi
     nohup "${server[@]}" -node_id="$id" -port="$port" -host="$host" \
-        -persistence=writethrough -persistence_path="$(data_file "$id")" "$@" \
+        -persistence=writethrough -persistence_path="$(data_file "$id")" ${tls[@]+"${tls[@]}"} "$@" \
         >>"$(log_file "$id")" 2>&1 </dev/null &
     echo $! >"$(pid_file "$id")"
-    echo "node $id: pid $!, client $host:$port, gRPC $host:$((port + 1000)), log $(log_file "$id")"
+    echo "node $id: pid $!, client $host:$port, gRPC $host:$((port + 1000))$tls_note, log $(log_file "$id")"
 }
 
 start() {

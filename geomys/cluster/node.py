@@ -66,18 +66,21 @@ class ClusterNode:
 
     def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None,
                  transport: Optional[Transport] = None, rng: Optional[random.Random] = None,
-                 spawn: Optional[Callable[..., None]] = None) -> None:
-        """Wire a node; tests pass a fake clock, an in-memory transport and a `spawn` that runs tasks inline."""
+                 spawn: Optional[Callable[..., None]] = None, channel_credentials=None) -> None:
+        """Wire a node; tests pass a fake clock, an in-memory transport and a `spawn` that runs tasks inline.
+
+        `channel_credentials` (geomys.tls) makes the calls to other nodes mutual TLS.
+        """
         self.config = config
         self.engine = engine
         self.store = engine.store
         self.now = (clock or SystemClock()).monotonic
-        me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.port),
+        me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.client_port),
                          "%s:%d" % (config.advertise_host, config.grpc_port))
         timing = Timing(config.heartbeat_interval, config.failure_timeout)
         self.core = Core(me, timing, rng or random.Random(), Log(config.backlog_entries, config.backlog_bytes))
         self.transport = transport or GrpcTransport(config.rpc_timeout, config.max_request_bytes + (4 << 20),
-                                                    config.cluster_secret, self.receive)
+                                                    config.cluster_secret, self.receive, channel_credentials)
         # One lock for the core and the store: a write's entry is proposed in the
         # same hold of the lock that applied it, so log order is apply order.
         self.lock = self.store.lock

@@ -77,9 +77,10 @@ class GrpcTransport:
     """Stubs to other nodes keyed by gRPC address, and one message stream per peer id."""
 
     def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str],
-                 deliver: Callable[[list], object]) -> None:
+                 deliver: Callable[[list], object], credentials: Optional[grpc.ChannelCredentials] = None) -> None:
         self.rpc_timeout = rpc_timeout
         self.deliver = deliver
+        self._credentials = credentials  # TLS (geomys.tls) when set, else plaintext
         self._options = channel_options(max_message_bytes)
         self._metadata = ((SECRET_HEADER, secret),) if secret else ()
         self._stubs: dict[str, pb_grpc.ClusterStub] = {}
@@ -93,7 +94,8 @@ class GrpcTransport:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=self._options)
+                channel = (grpc.secure_channel(address, self._credentials, options=self._options)
+                           if self._credentials else grpc.insecure_channel(address, options=self._options))
                 self._channels[address] = channel
                 stub = self._stubs[address] = pb_grpc.ClusterStub(channel)
             return stub

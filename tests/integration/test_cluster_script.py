@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import geomys
+
 from tests.helpers import HOST, RawClient, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -23,17 +25,18 @@ pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
 # node pid port state role term leader applied
 NODE, PID, PORT, STATE, ROLE, TERM, LEADER, APPLIED = range(8)
+MAKE_CERTS = SCRIPT.parent / "make_certs.py"
 
 
 def free_base_port() -> int:
-    """A port P such that P, P+1, P+2 and P+1000..P+1002 are all free now."""
+    """A port P such that P, P+1, P+2, P+100..P+102 (TLS) and P+1000..P+1002 are all free now."""
     for _ in range(200):
         base = free_port(span=1000)
         if base + 1002 > 65535:
             continue
         sockets = []
         try:
-            for port in (base + 1, base + 2, base + 1001, base + 1002):
+            for port in (base + 1, base + 2, base + 100, base + 101, base + 102, base + 1001, base + 1002):
                 sock = socket.socket()
                 sockets.append(sock)
                 sock.bind((HOST, port))
@@ -67,10 +70,10 @@ def run_script(tmp_path):
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     env.pop("GEOMYS_PORT", None)
 
-    def run(*words: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
-        """Run `cluster.sh WORDS... DIR`."""
-        return subprocess.run(["bash", str(SCRIPT), *words, str(folder)], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+    def run(*words: str, timeout: float = 90.0, **more_env: str) -> subprocess.CompletedProcess:
+        """Run `cluster.sh WORDS... DIR` (with `more_env` added to its environment)."""
+        return subprocess.run(["bash", str(SCRIPT), *words, str(folder)], env=dict(env, **more_env),
+                              capture_output=True, text=True, timeout=timeout)
     run.base, run.folder, run.env = base, folder, env
     yield run
     for pid_file in folder.glob("node*.pid"):      # only what the script recorded
@@ -301,3 +304,39 @@ def test_no_verb_touches_a_process_the_script_did_not_start(run_script):
     finally:
         stranger.kill()
         stranger.wait(10)
+
+
+def test_script_with_a_folder_of_certificates_starts_a_tls_cluster(run_script, tmp_path):
+    certs = tmp_path / "certs"
+    made = subprocess.run([sys.executable, str(MAKE_CERTS), str(certs)], capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert "NOT FOR PRODUCTION" in made.stderr
+    started = run_script("start", GEOMYS_TLS_DIR=str(certs))
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "mutual TLS" in started.stdout
+    rows = status_rows(run_script("status").stdout)
+    assert sorted(row[3] for row in rows.values()) == ["follower", "follower", "leader"], rows
+    # Clients reach every node over TLS, on its client port + 100, with the throwaway CA.
+    for node in (1, 2, 3):
+        with geomys.Client(HOST, run_script.base + node - 1 + 100, ssl=True, ssl_ca_certs=str(certs / "ca.pem"),
+                           ssl_certfile=str(certs / "client.crt"), ssl_keyfile=str(certs / "client.key"),
+                           timeout=10) as client:
+            info = client.info()
+            assert (info["tls"]["clients"], info["tls"]["cluster"]) == (True, True), info["tls"]
+            assert client.incr("over-tls") >= node
+    stopped = run_script("stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def test_script_refuses_a_folder_that_lacks_a_node_certificate(run_script, tmp_path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_text("")
+    result = run_script("start", GEOMYS_TLS_DIR=str(tmp_path / "certs"))
+    assert result.returncode == 2 and "node1.crt" in result.stderr, result.stderr
+    assert not list(run_script.folder.glob("node*.pid"))
+
+
+def test_script_without_an_action_prints_usage():
+    result = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "usage" in result.stderr

@@ -119,3 +119,44 @@ def test_a_scenario_failing_on_a_known_fault_reads_as_xfailed_not_skipped(tmp_pa
         '</testsuite></testsuites>')
     assert faults.read_outcomes(junit) == [("test_x", "test_a", "xfailed", 2.5), ("test_x", "test_b", "skipped", 1.0),
                                            ("test_x", "test_c", "passed", 1.0)]
+
+
+# -- make_certs.py ----------------------------------------------------------------------
+
+make_certs = load_script("make_certs")
+
+
+def test_make_certs_names_each_nodes_addresses_and_chains_to_its_ca(tmp_path):
+    from cryptography import x509
+
+    from geomys import tls
+
+    make_certs.write_all(tmp_path, {1: ("10.0.0.11", "geomys-1.lan"), 2: ("10.0.0.12",)})
+    node1 = x509.load_pem_x509_certificate((tmp_path / "node1.crt").read_bytes())
+    names = node1.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in names] == ["10.0.0.11", "geomys-1.lan"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ca.key", "ca.pem", "client.crt", "client.key", "node1.crt", "node1.key", "node2.crt", "node2.key"]
+    assert all((tmp_path / name).stat().st_mode & 0o777 == 0o600 for name in ("ca.key", "node1.key", "client.key"))
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    node1.verify_directly_issued_by(ca)
+    tls.server_context(tls.TlsFiles(str(tmp_path / "node2.crt"), str(tmp_path / "node2.key"),
+                                    str(tmp_path / "ca.pem")), "yes")
+
+
+def test_make_certs_run_again_keeps_the_ca_and_renews_the_node_certificates(tmp_path):
+    make_certs.write_all(tmp_path, {1: make_certs.LOCAL_NAMES})
+    ca, node = (tmp_path / "ca.pem").read_bytes(), (tmp_path / "node1.crt").read_bytes()
+    make_certs.write_all(tmp_path, {1: make_certs.LOCAL_NAMES})
+    assert (tmp_path / "ca.pem").read_bytes() == ca
+    assert (tmp_path / "node1.crt").read_bytes() != node
+
+
+def test_make_certs_parses_node_addresses():
+    assert make_certs.parse_node("2=10.0.0.12,vm2.lan") == (2, ("10.0.0.12", "vm2.lan"))
+
+
+@pytest.mark.parametrize("bad", ["x=1.2.3.4", "0=1.2.3.4", "1=", "1"])
+def test_make_certs_refuses_a_node_without_an_id_or_an_address(bad):
+    with pytest.raises(make_certs.argparse.ArgumentTypeError):
+        make_certs.parse_node(bad)
