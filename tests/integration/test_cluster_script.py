@@ -316,7 +316,7 @@ def test_script_with_a_folder_of_certificates_starts_a_tls_cluster(run_script, t
     assert started.returncode == 0, started.stdout + started.stderr
     assert "mutual TLS" in started.stdout
     rows = status_rows(run_script("status").stdout)
-    assert sorted(row[3] for row in rows.values()) == ["follower", "follower", "leader"], rows
+    assert sorted(row[ROLE] for row in rows.values()) == ["follower", "follower", "leader"], rows
     # Clients reach every node over TLS, on its client port + 100, with the throwaway CA.
     for node in (1, 2, 3):
         with geomys.Client(HOST, run_script.base + node - 1 + 100, ssl=True, ssl_ca_certs=str(certs / "ca.pem"),
