@@ -1,7 +1,8 @@
-"""Wiring: config -> logging -> store -> AOF replay -> engine -> TCP server.
+"""Wiring: config -> logging -> TLS material -> store -> AOF replay -> engine -> TCP servers.
 
 `main` is the `geomys` console script. `GeomysNode` owns the pieces and the
-order in which they start and stop; the main thread only waits for a signal.
+order in which they start and stop; the main thread only waits for a signal
+(SIGINT/SIGTERM stop, SIGHUP reloads the TLS files).
 """
 
 import logging
@@ -17,13 +18,18 @@ from .cluster.node import ClusterNode, JoinError
 from .cluster.service import PortUnavailable, start_grpc_server
 from .config import Config
 from .engine import Engine
-from .net import GeomysServer
+from .net import ClientSlots, GeomysServer
 from .store import Store
+from .tls import ServerTls, TlsError, TlsFiles
 
 logger = logging.getLogger("geomys")
 
 SWEEP_INTERVAL_SECONDS = 0.1
 SWEEP_BATCH = 1000
+
+
+class ListenError(Exception):
+    """A client port cannot be bound; the message says which and why."""
 
 
 class _NodeIdFilter(logging.Filter):
@@ -58,7 +64,9 @@ class GeomysNode:
         self.store = Store()
         self.engine = Engine(self.store, self.clock, requirepass=config.requirepass)
         self.aof: Optional[AppendOnlyFile] = None
-        self.server: Optional[GeomysServer] = None
+        self.server: Optional[GeomysServer] = None       # plaintext clients (none if port = 0)
+        self.tls_server: Optional[GeomysServer] = None   # TLS clients (tls_port)
+        self.tls: Optional[ServerTls] = None
         self.cluster: Optional[ClusterNode] = None
         self.grpc_server = None
         self._stopping = threading.Event()
@@ -67,44 +75,100 @@ class GeomysNode:
     def start(self) -> None:
         """Open and replay the AOF, join or found a cluster, bind the port, start serving.
 
-        Raises OSError (the client port), PortUnavailable (the cluster port),
-        AofError (the file) or JoinError (the cluster).
+        Raises TlsError (a certificate, key or CA file), ListenError (a
+        client port), PortUnavailable (the cluster port), AofError (the file) or
+        JoinError (the cluster).
         """
         config = self.config
+        if config.tls_port is not None or config.tls_cluster:
+            # First: a bad file must stop the start before anything is touched.
+            self.tls = ServerTls(TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_ca_file),
+                                 config.tls_auth_clients, clients=config.tls_port is not None,
+                                 cluster=config.tls_cluster)
         if config.persistence != "none":
-            # A joining node takes the leader's state, so its old file is not replayed.
-            self._open_aof(replay=config.mode != "join")
-        self.server = GeomysServer((config.host, config.port), self.engine,
-                                   config.max_clients, config.max_request_bytes)
+            self._open_aof()
+            if config.mode != "join":
+                self._start_aof(replay=True)
+            # A joining node takes the leader's state: its file is emptied only once
+            # the cluster has accepted it (a refused join leaves the file as it was).
+        slots = ClientSlots(config.max_clients)
+        if config.port:
+            self.server = self._listen(config.port, None, slots)
+        if config.tls_port is not None:
+            self.tls_server = self._listen(config.tls_port, self.tls, slots)
         self.engine.add_info_source(self._info)
         if config.mode != "standalone":
             self._start_cluster()
         self._spawn("sweeper", self._sweep_loop)
         # A short poll interval lets shutdown() return quickly on SIGTERM.
-        self._spawn("acceptor", lambda: self.server.serve_forever(poll_interval=0.1))
-        logger.info("Geomys %s started: node %d serving clients on %s:%d (persistence=%s)",
-                    __version__, config.node_id, config.host, config.port, config.persistence)
+        for name, server in (("acceptor", self.server), ("tls-acceptor", self.tls_server)):
+            if server is not None:
+                self._spawn(name, lambda server=server: server.serve_forever(poll_interval=0.1))
+        logger.info("Geomys %s started: node %d serving clients on %s (persistence=%s)",
+                    __version__, config.node_id, self._listening(), config.persistence)
+
+    def _listen(self, port: int, tls: Optional[ServerTls], slots: ClientSlots) -> GeomysServer:
+        """Bind one client port; ListenError names it if that fails."""
+        config = self.config
+        try:
+            return GeomysServer((config.host, port), self.engine, config.max_clients, config.max_request_bytes,
+                                tls=tls, slots=slots)
+        except OSError as exc:
+            raise ListenError("cannot listen on %s:%d: %s" % (config.host, port, exc.strerror or exc)) from None
+
+    def _listening(self) -> str:
+        config = self.config
+        ports = (["%s:%d" % (config.host, config.port)] if config.port else []) + (
+            ["%s:%d (TLS)" % (config.host, config.tls_port)] if config.tls_port is not None else [])
+        return " and ".join(ports)
+
+    def reload_tls(self) -> None:
+        """Re-read the TLS files (SIGHUP); a failure keeps the current certificate and logs one line."""
+        if self.tls is None:
+            logger.info("SIGHUP ignored: TLS is not configured")
+            return
+        try:
+            self.tls.reload()
+        except TlsError as exc:
+            logger.error("TLS reload failed, keeping the current certificate: %s", exc)
+            return
+        logger.info("TLS certificate reloaded from %s (expires %s)",
+                    self.config.tls_cert_file, self.tls.info()["cert_expires"])
 
     def _start_cluster(self) -> None:
         config = self.config
-        self.cluster = ClusterNode(config, self.engine)
+        cluster_tls = self.tls if config.tls_cluster else None
+        self.cluster = ClusterNode(config, self.engine,
+                                   channel_credentials=cluster_tls and cluster_tls.grpc_channel_credentials())
         self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port, config.cluster_secret,
-                                             config.max_request_bytes + (4 << 20))
-        self.engine.add_sink(self.cluster)
+                                             config.max_request_bytes + (4 << 20),
+                                             credentials=cluster_tls and cluster_tls.grpc_server_credentials())
         self.engine.add_info_source(self.cluster.info)
         if config.mode == "bootstrap":
+            self.engine.add_sink(self.cluster)
             self.cluster.bootstrap()
             self.cluster.start()
         else:
-            self.cluster.join()
+            self.cluster.join(prepare=self._accepted)
 
-    def _open_aof(self, replay: bool = True) -> None:
+    def _accepted(self) -> None:
+        """The cluster took this joining node: start the file afresh, then follow the cluster's state."""
+        if self.aof is not None:
+            self._start_aof(replay=False)
+        self.engine.add_sink(self.cluster)   # after the AOF: replies wait for replication first
+
+    def _open_aof(self) -> None:
+        """Open the append-only file and take its lock (a second server on the same file stops here)."""
         config = self.config
         self.aof = AppendOnlyFile(config.persistence_path, config.persistence,
                                   flush_interval_ms=config.flush_interval_ms,
                                   compact_min_bytes=config.compact_min_bytes,
                                   compact_growth_percent=config.compact_growth_percent)
         self.aof.open()
+
+    def _start_aof(self, replay: bool) -> None:
+        """Replay the file (or start it empty), start its flusher and log every record from now on."""
+        config = self.config
         store = self.store
         if replay:
             with store.lock:
@@ -130,8 +194,12 @@ class GeomysNode:
             "leader_address": None,
             "term": 0,
             "nodes": {},
-            "address": "%s:%d" % (config.advertise_host, config.port),
+            "address": "%s:%d" % (config.advertise_host, config.client_port),
+            "tls": {"clients": False, "cluster": False},
         }
+        if self.tls is not None:
+            info["tls"] = dict(self.tls.info(), port=config.tls_port,
+                               handshake_failures=self.tls_server.handshake_failures if self.tls_server else 0)
         if self.aof is None:
             info["persistence"] = {"mode": "none"}
         return info
@@ -150,9 +218,10 @@ class GeomysNode:
     def stop(self) -> None:
         """Stop accepting, stop the sweeper, flush and close the AOF."""
         self._stopping.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         if self.cluster is not None:
             self.cluster.stop()
         if self.aof is not None:
@@ -174,16 +243,17 @@ def main(argv=None) -> None:
     # The stop signals are blocked before any thread starts (threads inherit the
     # mask) and then awaited with sigwait: one that arrives at any moment stays
     # pending until it is taken, where a check-then-pause loop could miss it.
+    # SIGHUP is taken the same way, so a reload runs on this thread between
+    # two waits, never inside another thread's work.
     stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals | {signal.SIGHUP})
     node = GeomysNode(config)
     try:
         node.start()
-    except OSError as exc:
-        _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
-    except (AofError, JoinError, PortUnavailable) as exc:
+    except (TlsError, ListenError, AofError, JoinError, PortUnavailable) as exc:
         _fail(str(exc))
-    signal.sigwait(stop_signals)
+    while signal.sigwait(stop_signals | {signal.SIGHUP}) == signal.SIGHUP:
+        node.reload_tls()
     logger.info("stop requested; shutting down")
     node.stop()
     sys.exit(0)

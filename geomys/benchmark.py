@@ -24,6 +24,7 @@ import random
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -33,11 +34,15 @@ from typing import Iterable, Iterator, Mapping, MutableSequence, Optional, Seque
 
 import msgpack
 
+from .tls import TlsError, client_context
+
 TESTS = ("ping", "set", "get", "incr", "push", "lpop", "mixed")
 CSV_HEADER = ("test", "rps", "avg_ms", "min_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms", "errors")
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 256 * 1024  # beyond a TLS record's 16 KiB, so one recv leaves nothing decrypted behind
 CONNECT_TIMEOUT = 5.0
+# A non-blocking send or recv that would wait; a TLS socket says so with its own errors.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 # Pre-population is untimed, so it uses a deep pipeline to get out of the way fast.
 SETUP_PIPELINE = 64
 # A worker publishes its progress this often; the parent prints it once a second.
@@ -105,6 +110,10 @@ class Options:
     password: Optional[str] = None
     procs: int = os.cpu_count() or 1
     max_seconds: float = 60.0
+    tls: bool = False
+    cacert: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
 
 
 def parse_tests(text: str) -> tuple[str, ...]:
@@ -179,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("-q", dest="quiet", action="store_true", help="quiet: one line per test, requests per second and p50")
     add("--csv", action="store_true", help="CSV output: a header, then one row per test")
     add("-a", dest="password", metavar="PASSWORD", help="send AUTH PASSWORD on every connection")
+    add("--tls", action="store_true", help="connect over TLS (the server's tls_port); handshakes are untimed")
+    add("--cacert", metavar="FILE", help="CA certificate (PEM) the server's must chain to (default: system CAs)")
+    add("--cert", metavar="FILE", help="client certificate (PEM), for a server with tls_auth_clients")
+    add("--key", metavar="FILE", help="private key of --cert (PEM)")
     add("--procs", metavar="N", type=_int_at_least(1), default=defaults.procs,
         help="client processes the connections are spread over (default: CPUs, %(default)s)")
     add("--max-seconds", dest="max_seconds", metavar="SECONDS", type=_positive_seconds,
@@ -187,8 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
-    """Parse the command line into Options; bad arguments exit with status 2 (argparse)."""
-    return Options(**vars(build_parser().parse_args(argv)))
+    """Parse the command line into Options; bad arguments (and TLS files) exit with status 2 (argparse)."""
+    parser = build_parser()
+    options = Options(**vars(parser.parse_args(argv)))
+    if not options.tls and (options.cacert or options.cert or options.key):
+        parser.error("--cacert, --cert and --key need --tls")
+    try:
+        tls_context(options)
+    except TlsError as exc:
+        parser.error(str(exc))
+    return options
+
+
+def tls_context(options: Options) -> Optional[ssl.SSLContext]:
+    """The client TLS context of --tls (built in each worker: a context does not cross processes), or None."""
+    if not options.tls:
+        return None
+    return client_context(options.cacert, options.cert, options.key)
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -501,7 +529,7 @@ class _Connection:
         self.sent_at = time.perf_counter()
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             sent = 0
         if sent == len(data):
             return True
@@ -512,7 +540,7 @@ class _Connection:
         """Send more of a partly sent batch; return True once all of it is out."""
         try:
             sent = self.sock.send(self.out)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             return False
         self.out = self.out[sent:]
         if len(self.out):
@@ -585,7 +613,7 @@ def drive(conns: Sequence[_Connection], tally: _Tally, deadline: float,
                     continue
                 try:
                     data = conn.sock.recv(READ_SIZE)
-                except BlockingIOError:
+                except _WOULD_BLOCK:
                     continue
                 received_at = clock()
                 if not data:
@@ -620,13 +648,20 @@ def drive(conns: Sequence[_Connection], tally: _Tally, deadline: float,
         selector.close()
 
 
-def _connect(host: str, port: int) -> socket.socket:
-    """Open one blocking TCP connection with TCP_NODELAY, or raise BenchmarkError."""
+def _connect(host: str, port: int, context: Optional[ssl.SSLContext] = None) -> socket.socket:
+    """Open one blocking TCP connection with TCP_NODELAY (TLS too with `context`), or raise BenchmarkError."""
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
         raise BenchmarkError("cannot connect to %s:%d: %s" % (host, port, exc.strerror or exc)) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if context is not None:
+        try:
+            sock = context.wrap_socket(sock, server_hostname=host)
+        except OSError as exc:
+            sock.close()
+            raise BenchmarkError("TLS handshake with %s:%d failed: %s"
+                                 % (host, port, getattr(exc, "verify_message", None) or exc)) from None
     return sock
 
 
@@ -664,8 +699,9 @@ def _worker(slot: int, test: str, options: Options, run_id: str, assigned: list,
     try:
         value = "x" * options.data_size
         setup_deadline = time.perf_counter() + options.max_seconds
+        context = tls_context(options)
         for _ in assigned:
-            conns.append(_Connection(_connect(options.host, options.port)))
+            conns.append(_Connection(_connect(options.host, options.port, context)))
         for conn in conns:
             conn.sock.setblocking(False)
         if options.password is not None:
@@ -707,7 +743,7 @@ def _worker(slot: int, test: str, options: Options, run_id: str, assigned: list,
 
 def preflight(options: Options) -> None:
     """Check once, before any worker starts, that the server answers and accepts our credentials."""
-    sock = _connect(options.host, options.port)
+    sock = _connect(options.host, options.port, tls_context(options))
     try:
         sock.settimeout(CONNECT_TIMEOUT)
         requests = [{"command": "PING"}]

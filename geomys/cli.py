@@ -1,75 +1,28 @@
 """geomys-cli: run one command and exit, or a `>> ` REPL against a Geomys server.
 
-Words are split like a shell (shlex) and mapped to a request by the pure table
-COMMANDS (`parse_words`). A word the table does not know is sent alone as
-{'command': WORD} (other words dropped), so server commands added later still work.
+Words are split like a shell (shlex) and mapped to a request by the server's
+own command table (geomys.commands.TABLE): each spec's fields give the words a
+command takes and its summary the help line, so a command declared there is
+usable here with nothing else to add. A word the table does not know is sent
+alone as {'command': WORD} (other words dropped).
 """
 
 import argparse
 import os
 import shlex
 import sys
-from dataclasses import dataclass
-from typing import Any, Optional, TextIO
+from typing import Any, Mapping, Optional, TextIO
 
 from .client import DEFAULT_HOST, DEFAULT_PORT, Client, GeomysConnectionError
+from .commands import TABLE, CommandSpec, lookup
 from .errors import GeomysError
+from .tls import TlsError
 
 PROMPT = ">> "
 HISTORY_FILE = "~/.geomys/cli_history"
 HISTORY_LENGTH = 1000
 CONNECT_TIMEOUT = 5.0
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-@dataclass(frozen=True, slots=True)
-class Arg:
-    """One positional word of a command: the request field it fills and its name in usage lines."""
-
-    field: str
-    metavar: str
-
-
-@dataclass(frozen=True, slots=True)
-class CommandUsage:
-    """How the words of one command become its request map."""
-
-    name: str
-    required: tuple[Arg, ...] = ()
-    optional: tuple[Arg, ...] = ()
-    summary: str = ""
-
-    @property
-    def usage(self) -> str:
-        """The usage line, e.g. `set KEY VALUE [TTL_MS]`."""
-        words = [self.name.lower()] + [arg.metavar for arg in self.required]
-        return " ".join(words + ["[%s]" % arg.metavar for arg in self.optional])
-
-
-_KEY = Arg("key", "KEY")
-_VALUE = Arg("value", "VALUE")
-_TIMEOUT = Arg("timeout", "TIMEOUT")
-
-#: Word grammar of every server command, by lower-case command word.
-COMMANDS: dict[str, CommandUsage] = {usage.name.lower(): usage for usage in (
-    CommandUsage("SET", (_KEY, _VALUE), (Arg("exp", "TTL_MS"),), "store a string (fails if KEY exists)"),
-    CommandUsage("GET", (_KEY,), (), "read a string"),
-    CommandUsage("INCR", (_KEY,), (Arg("offset", "OFFSET"),), "add OFFSET (default 1) to a counter"),
-    CommandUsage("PUSH", (_KEY, _VALUE), (), "append VALUE at the rear of a list"),
-    CommandUsage("LPOP", (_KEY,), (), "remove and return the first element of a list"),
-    CommandUsage("RPOP", (_KEY,), (), "remove and return the last element of a list"),
-    CommandUsage("BLPOP", (_KEY, _TIMEOUT), (), "like lpop, waiting up to TIMEOUT seconds (0: forever)"),
-    CommandUsage("BRPOP", (_KEY, _TIMEOUT), (), "like rpop, waiting up to TIMEOUT seconds (0: forever)"),
-    CommandUsage("LLEN", (_KEY,), (), "length of a list (0 if absent)"),
-    CommandUsage("DEL", (_KEY,), (), "remove a key (1 if removed, 0 if absent)"),
-    CommandUsage("EXISTS", (_KEY,), (), "1 if KEY exists, else 0"),
-    CommandUsage("FLUSHDB", (), (), "remove every key"),
-    CommandUsage("INFO", (), (), "show the server's state"),
-    CommandUsage("AUTH", (Arg("value", "PASSWORD"),), (), "authenticate this connection"),
-    CommandUsage("PING", (), (), "check the server answers"),
-    CommandUsage("ECHO", (Arg("message", "MESSAGE"),), (), "return MESSAGE"),
-    CommandUsage("COMPACT", (), (), "rewrite the append-only file to the current state"),
-)}
 
 #: Words the CLI handles itself: usage line and summary.
 LOCAL_COMMANDS: dict[str, tuple[str, str]] = {
@@ -83,38 +36,46 @@ class UsageError(ValueError):
     """A command line that cannot become a request; the message is the usage to show."""
 
 
+def commands(table: Mapping[str, CommandSpec] = TABLE) -> dict[str, CommandSpec]:
+    """Every command of `table` once, by lower-case command word, in declaration order."""
+    return {spec.name.lower(): spec for spec in table.values()}
+
+
 def split_line(line: str) -> list[str]:
     """Split a REPL line into words like a POSIX shell; ValueError on an unclosed quote."""
     return shlex.split(line)
 
 
-def parse_words(words: list[str]) -> dict:
+def parse_words(words: list[str], table: Mapping[str, CommandSpec] = TABLE) -> dict:
     """Turn a command's words into its request map, or raise UsageError (nothing is sent).
 
-    Numeric words (TTL_MS, OFFSET, TIMEOUT) are sent as given: the server
-    accepts decimal strings and owns the validation.
+    The words fill the spec's fields in order, required ones first. Numeric
+    words (TTL_MS, OFFSET, TIMEOUT) are sent as given: the server accepts
+    decimal strings and owns the validation.
     """
     if not words:
         raise UsageError("empty command")
-    usage = COMMANDS.get(words[0].lower())
-    if usage is None:
+    spec = lookup(table, words[0])
+    if spec is None:
         return {"command": words[0]}
     given = words[1:]
-    if not len(usage.required) <= len(given) <= len(usage.required) + len(usage.optional):
-        raise UsageError("usage: " + usage.usage)
-    request = {"command": usage.name}
-    for arg, word in zip(usage.required + usage.optional, given):
-        request[arg.field] = word
+    required = sum(1 for field in spec.fields if field.required)
+    if not required <= len(given) <= len(spec.fields):
+        raise UsageError("usage: " + spec.usage)
+    request = {"command": spec.name}
+    for field, word in zip(spec.fields, given):
+        request[field.name] = word
     return request
 
 
-def help_text(words: list[str]) -> str:
+def help_text(words: list[str], table: Mapping[str, CommandSpec] = TABLE) -> str:
     """The `help` output: every command on one line, or just the one asked for."""
-    lines = [(usage.usage, usage.summary) for usage in COMMANDS.values()] + list(LOCAL_COMMANDS.values())
+    specs = commands(table)
+    lines = [(spec.usage, spec.summary) for spec in specs.values()] + list(LOCAL_COMMANDS.values())
     if words:
         name = words[0].lower()
-        if name in COMMANDS:
-            lines = [(COMMANDS[name].usage, COMMANDS[name].summary)]
+        if name in specs:
+            lines = [(specs[name].usage, specs[name].summary)]
         elif name in LOCAL_COMMANDS:
             lines = [LOCAL_COMMANDS[name]]
         else:
@@ -288,12 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geomys-cli", allow_abbrev=False,
         description="Run one Geomys command, or without one, an interactive prompt.",
-        epilog="Commands: " + ", ".join(COMMANDS) + ". Type help at the prompt for their usage.")
+        epilog="Commands: " + ", ".join(commands()) + ". Type help at the prompt for their usage.")
     parser.add_argument("-host", "--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
     parser.add_argument("-port", "--port", "-p", type=int, default=DEFAULT_PORT,
                         help="server port (default: %(default)s)")
     parser.add_argument("-a", "-password", "--password", default=None,
                         help="send AUTH with this password on connecting")
+    parser.add_argument("--tls", "-tls", action="store_true", help="connect over TLS (the server's tls_port)")
+    parser.add_argument("--cacert", "-cacert", metavar="FILE",
+                        help="CA certificate (PEM) the server's must chain to (default: the system's CAs)")
+    parser.add_argument("--cert", "-cert", metavar="FILE", help="client certificate (PEM), for tls_auth_clients")
+    parser.add_argument("--key", "-key", metavar="FILE", help="private key of --cert (PEM)")
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND ARGS",
                         help="a command to run once, e.g. set name 'john doe'")
     return parser
@@ -301,8 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `geomys-cli`; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    client = Client(args.host, args.port, password=args.password, connect_timeout=CONNECT_TIMEOUT)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.tls and (args.cacert or args.cert or args.key):
+        parser.error("--cacert, --cert and --key need --tls")
+    try:
+        client = Client(args.host, args.port, password=args.password, connect_timeout=CONNECT_TIMEOUT,
+                        ssl=args.tls, ssl_ca_certs=args.cacert, ssl_certfile=args.cert, ssl_keyfile=args.key)
+    except TlsError as exc:
+        parser.error(str(exc))
     try:
         with client:
             if args.words:

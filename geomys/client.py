@@ -1,17 +1,20 @@
 """Client library: `Client` talks to a Geomys server over one TCP connection; `Pipeline` batches.
 
-Imports only `geomys.errors` (plus socket and msgpack). A Client is thread-safe:
+Imports only `geomys.errors` and, for TLS, `geomys.tls` (plus socket, ssl and
+msgpack). A Client is thread-safe:
 one lock covers each request/response exchange, so threads share its
 connection in turn. Server errors raise the `geomys.errors` class of their code.
 """
 
 import socket
+import ssl as ssl_mod
 import threading
 from typing import Any, Callable, Optional
 
 import msgpack
 
 from .errors import GeomysError, InternalError, from_code
+from .tls import client_context
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
@@ -62,11 +65,18 @@ class _Connection:
         closed the connection (it restarted, or refused us), which is found out
         here before sending, so a command is never lost to a stale socket.
         Leaves the socket non-blocking: the caller sets the timeout it needs.
+        A TLS socket cannot peek; it is read instead (nothing should be there,
+        and if something is, the connection is dropped anyway). That read also
+        takes in any TLS session ticket the server sent after the handshake.
         """
+        sock = self.sock
         try:
-            self.sock.settimeout(0.0)
-            self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
+            sock.settimeout(0.0)
+            if isinstance(sock, ssl_mod.SSLSocket):
+                sock.recv(1)
+            else:
+                sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl_mod.SSLWantReadError, ssl_mod.SSLWantWriteError):
             return True
         except OSError:
             return False
@@ -209,17 +219,27 @@ class Client(_Commands):
     whole wait, stalling every other thread of this Client: give blocking
     pops their own Client. `timeout` bounds the wait for a reply (None: no
     limit; a blocking pop adds its own timeout to it); `connect_timeout`
-    bounds opening the connection. If `password` is given, AUTH is sent on
-    every (re)connect.
+    bounds opening the connection (and the TLS handshake). If `password` is
+    given, AUTH is sent on every (re)connect.
+
+    With `ssl=True` the connection is TLS (the server's tls_port): the
+    server's certificate must chain to `ssl_ca_certs` (a PEM file; default:
+    the system's CAs) and, unless `ssl_check_hostname` is False, name `host`.
+    `ssl_certfile` and `ssl_keyfile` are the client certificate a server
+    with tls_auth_clients asks for. Bad files raise geomys.tls.TlsError here.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, password: Optional[str] = None,
                  timeout: Optional[float] = None, *,
-                 connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT) -> None:
+                 connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT, ssl: bool = False,
+                 ssl_ca_certs: Optional[str] = None, ssl_certfile: Optional[str] = None,
+                 ssl_keyfile: Optional[str] = None, ssl_check_hostname: bool = True) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self._ssl_context = (client_context(ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_check_hostname)
+                             if ssl else None)
         self._password = password
         self._conn: Optional[_Connection] = None
         self._lock = threading.Lock()
@@ -321,6 +341,13 @@ class Client(_Commands):
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise GeomysConnectionError("could not connect to %s (%s)" % (self.address, reason)) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl_context is not None:
+            try:
+                sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
+            except OSError as exc:  # ssl.SSLError and its certificate errors are OSErrors
+                sock.close()
+                reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+                raise GeomysConnectionError("TLS handshake with %s failed (%s)" % (self.address, reason)) from exc
         return _Connection(sock)
 
     def _drop(self, conn: _Connection) -> None:

@@ -8,9 +8,15 @@ returns a frozen `Config` or exits with status 2 and one line on stderr.
 How options constrain each other:
   * failure_timeout >= 2 * heartbeat_interval (a node must miss at least two
     heartbeats before it is declared failed);
-  * grpc_port defaults to port + 1000 and must differ from port;
-  * a non-loopback host needs requirepass unless protected_mode = no, and a
-    cluster node there needs cluster_secret as well.
+  * grpc_port defaults to port + 1000 (tls_port + 1000 when port = 0) and
+    must differ from both;
+  * port = 0 turns the plaintext client port off and needs tls_port;
+    tls_port and tls_cluster need tls_cert_file and tls_key_file;
+    tls_cluster and tls_auth_clients (optional or yes) need tls_ca_file;
+  * a non-loopback host needs clients to authenticate (requirepass, or
+    tls_auth_clients = yes with port = 0) unless protected_mode = no, and a
+    cluster node there needs peers to authenticate as well (cluster_secret
+    or tls_cluster).
 """
 
 import ipaddress
@@ -20,6 +26,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import configargparse
+
+from .tls import AUTH_CLIENTS
 
 DEFAULT_CONFIG_FILE = "~/.geomys/geomys.conf"
 
@@ -67,6 +75,24 @@ def _port(text) -> int:
     return value
 
 
+def _port_or_off(text) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 (off) and 65535")
+    return value
+
+
+def _auth_clients(text) -> str:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "on"):
+        value = "yes"
+    elif value in ("0", "false", "off"):
+        value = "no"
+    if value not in AUTH_CLIENTS:
+        raise ValueError("must be one of " + ", ".join(AUTH_CLIENTS))
+    return value
+
+
 def _persistence(text) -> str:
     mode = PERSISTENCE_MODES.get(str(text).strip().lower())
     if mode is None:
@@ -92,6 +118,8 @@ def _address(text) -> str:
 _positive_int.__name__ = "positive integer"
 _positive_float.__name__ = "positive number"
 _port.__name__ = "port"
+_port_or_off.__name__ = "port or 0"
+_auth_clients.__name__ = "no, optional or yes"
 _bool.__name__ = "yes/no"
 _persistence.__name__ = "persistence mode"
 _log_level.__name__ = "log level"
@@ -111,9 +139,9 @@ class Option:
 
 OPTIONS = (
     Option("node_id", int, None, "this node's integer id (default: the client port)"),
-    Option("port", _port, 6379, "client port"),
+    Option("port", _port_or_off, 6379, "plaintext client port (0: none, clients use tls_port)"),
     Option("host", str, "127.0.0.1", "address to bind the client and cluster ports to"),
-    Option("grpc_port", _port, None, "cluster (gRPC) port (default: port + 1000)"),
+    Option("grpc_port", _port, None, "cluster (gRPC) port (default: port + 1000, or tls_port + 1000 if port = 0)"),
     Option("advertise_host", str, None, "address other nodes dial to reach this one (default: host)"),
     Option("bootstrap", _bool, False, "start a new cluster with this node as its leader", flag=True),
     Option("join", _address, None, "HOST:GRPC_PORT of any member of the cluster to join"),
@@ -138,7 +166,15 @@ OPTIONS = (
     Option("requirepass", str, None, "password clients must send with AUTH"),
     Option("cluster_secret", str, None, "shared secret required on calls between nodes"),
     Option("protected_mode", _bool, True,
-           "refuse a non-loopback host without requirepass (and a cluster node there without cluster_secret)"),
+           "refuse a non-loopback host unless clients (requirepass, or tls_auth_clients = yes and port = 0) "
+           "and, on a cluster node, peers (cluster_secret or tls_cluster) must authenticate"),
+    Option("tls_port", _port, None, "TLS client port, beside port or (with port = 0) instead of it"),
+    Option("tls_cert_file", str, None, "this node's certificate (PEM; may hold the chain after it)"),
+    Option("tls_key_file", str, None, "the private key of tls_cert_file (PEM, not encrypted)"),
+    Option("tls_ca_file", str, None, "CA certificates (PEM) that client and peer certificates must chain to"),
+    Option("tls_auth_clients", _auth_clients, "no",
+           "client certificates on tls_port: no (not asked), optional (checked if sent) or yes (required)"),
+    Option("tls_cluster", _bool, False, "calls between nodes over mutual TLS, each side checked against tls_ca_file"),
     Option("max_request_bytes", _positive_int, 64 * 1024 * 1024, "largest request accepted, in bytes"),
     Option("max_clients", _positive_int, 10000, "most client connections at once"),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -172,12 +208,23 @@ class Config:
     requirepass: Optional[str]
     cluster_secret: Optional[str]
     protected_mode: bool
+    tls_port: Optional[int]
+    tls_cert_file: Optional[str]
+    tls_key_file: Optional[str]
+    tls_ca_file: Optional[str]
+    tls_auth_clients: str
+    tls_cluster: bool
     max_request_bytes: int
     max_clients: int
     log_level: str
     log_file: Optional[str]
     config_file: Optional[str] = None
     node_id_explicit: bool = True
+
+    @property
+    def client_port(self) -> int:
+        """The port clients are told about: the plaintext one, else the TLS one."""
+        return self.port or self.tls_port
 
     @property
     def mode(self) -> str:
@@ -235,18 +282,20 @@ def validate(values: dict) -> Config:
     """Fill derived defaults and check how options constrain each other."""
     values = dict(values)
     config_file = values.pop("config_file", None)
-    port = values["port"]
+    _check_tls(values)
+    port = values["port"] or values["tls_port"]
     values["node_id_explicit"] = values["node_id"] is not None
     if values["node_id"] is None:
         values["node_id"] = port
     if values["grpc_port"] is None:
         values["grpc_port"] = port + 1000
         if values["grpc_port"] > 65535:
-            raise ConfigError("port + 1000 is beyond 65535: set grpc_port explicitly")
+            raise ConfigError("%s + 1000 is beyond 65535: set grpc_port explicitly"
+                              % ("port" if values["port"] else "tls_port"))
     if values["node_id"] <= 0:
         raise ConfigError("node_id must be a positive integer")
-    if values["grpc_port"] == port:
-        raise ConfigError("grpc_port must differ from port")
+    if values["grpc_port"] in (values["port"], values["tls_port"]):
+        raise ConfigError("grpc_port must differ from port and tls_port")
     if values["advertise_host"] is None:
         values["advertise_host"] = values["host"]
     if values["bootstrap"] and values["join"]:
@@ -254,19 +303,49 @@ def validate(values: dict) -> Config:
     if values["failure_timeout"] < 2 * values["heartbeat_interval"]:
         raise ConfigError("failure_timeout (%gs) must be at least twice heartbeat_interval (%gs)"
                           % (values["failure_timeout"], values["heartbeat_interval"]))
-    if values["protected_mode"] and not values["requirepass"] and not _is_loopback(values["host"]):
-        raise ConfigError("refusing to listen on %s without requirepass (protected_mode is on); "
-                          "set requirepass, or protected_mode = no" % values["host"])
-    if (values["protected_mode"] and (values["bootstrap"] or values["join"]) and not values["cluster_secret"]
+    # A client certificate authenticates only where no plaintext port lets
+    # a client in without one.
+    clients_authenticate = values["requirepass"] or (values["tls_auth_clients"] == "yes" and not values["port"])
+    if values["protected_mode"] and not clients_authenticate and not _is_loopback(values["host"]):
+        raise ConfigError("refusing to listen on %s without client authentication (protected_mode is on); "
+                          "set requirepass (or tls_auth_clients = yes with port = 0), or protected_mode = no"
+                          % values["host"])
+    peers_authenticate = values["cluster_secret"] or values["tls_cluster"]
+    if (values["protected_mode"] and (values["bootstrap"] or values["join"]) and not peers_authenticate
             and not _is_loopback(values["host"])):
         # The gRPC port takes forwarded writes without AUTH: on a reachable
-        # address only the secret keeps strangers from writing through it.
-        raise ConfigError("refusing to run a cluster node on %s without cluster_secret (protected_mode is on); "
-                          "set cluster_secret, or protected_mode = no" % values["host"])
+        # address only the secret or a peer certificate keeps strangers from
+        # writing through it.
+        raise ConfigError("refusing to run a cluster node on %s without peer authentication (protected_mode is on); "
+                          "set cluster_secret or tls_cluster = yes, or protected_mode = no" % values["host"])
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        if values[name]:
+            values[name] = os.path.expanduser(values[name])
     values["persistence_path"] = os.path.expanduser(values["persistence_path"])
     if values["log_file"]:
         values["log_file"] = os.path.expanduser(values["log_file"])
     return Config(config_file=config_file, **values)
+
+
+def _check_tls(values: dict) -> None:
+    """Check that the TLS options asked for have what they need (the files are read at start)."""
+    if values["port"] == 0 and values["tls_port"] is None:
+        raise ConfigError("port = 0 turns the plaintext port off, so tls_port is needed")
+    if values["tls_port"] is not None and values["tls_port"] == values["port"]:
+        raise ConfigError("tls_port must differ from port")
+    uses = [name for name, on in (("tls_port", values["tls_port"] is not None),
+                                  ("tls_cluster", values["tls_cluster"])) if on]
+    for name in ("tls_cert_file", "tls_key_file"):
+        if uses and not values[name]:
+            raise ConfigError("%s needs %s" % (" and ".join(uses), name))
+    if values["tls_cluster"] and not values["tls_ca_file"]:
+        raise ConfigError("tls_cluster needs tls_ca_file: the CA that peers' certificates must chain to")
+    if values["tls_auth_clients"] != "no":
+        if values["tls_port"] is None:
+            raise ConfigError("tls_auth_clients = %s needs tls_port" % values["tls_auth_clients"])
+        if not values["tls_ca_file"]:
+            raise ConfigError("tls_auth_clients = %s needs tls_ca_file: the CA that client certificates "
+                              "must chain to" % values["tls_auth_clients"])
 
 
 def _is_loopback(host: str) -> bool:

@@ -2,7 +2,8 @@
 
 Each handler thread reads what the socket has, decodes every whole request in
 it with a streaming unpacker, runs them through the engine, waits once for
-the records they produced to be safe, and answers them all in one send.
+the records they produced to be safe, and answers them all in one send. On a
+TLS listener the handler thread first does the handshake.
 """
 
 import logging
@@ -10,11 +11,13 @@ import select
 import socket
 import socketserver
 import threading
+from typing import Optional
 
 from . import protocol
 from .commands.table import OK
 from .engine import ClientGone, Context, Engine
 from .errors import GeomysError, InternalError
+from .tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ GARBAGE_RUN = 8
 PREAUTH_MAX_REQUEST_BYTES = 16 * 1024
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 OK_BYTES = protocol.new_packer().pack(OK)  # the commonest reply, packed once
+# A TLS client has this long to finish its handshake.
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 class ClientHandler(socketserver.BaseRequestHandler):
@@ -47,16 +52,40 @@ class ClientHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         engine = self.server.engine
-        engine.connect(self.ctx)
         try:
-            self._serve()
-        except (ClientGone, ConnectionError, TimeoutError):
-            pass
-        except OSError as exc:
-            logger.debug("connection %s ended: %s", self.ctx.address, exc)
+            if self.server.tls is not None and not self._start_tls():
+                return
+            engine.connect(self.ctx)
+            try:
+                self._serve()
+            except (ClientGone, ConnectionError, TimeoutError):
+                pass
+            except OSError as exc:
+                logger.debug("connection %s ended: %s", self.ctx.address, exc)
+            finally:
+                engine.disconnect(self.ctx)
+                if self.server.tls is not None:
+                    self.request.close()  # socketserver closes only the plain socket, which TLS took over
         finally:
-            engine.disconnect(self.ctx)
             self.server.client_finished()
+
+    def _start_tls(self) -> bool:
+        """Wrap the connection in TLS with the current certificate; False if the handshake fails.
+
+        The handshake runs here, in the client's own thread, not in the
+        acceptor: a slow client, or one speaking plaintext, delays only itself.
+        """
+        raw = self.request
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+            sock = self.server.tls.context.wrap_socket(raw, server_side=True)
+            sock.settimeout(None)
+        except OSError as exc:  # ssl.SSLError included; the failed SSLSocket has closed itself
+            self.server.handshake_failed()
+            logger.debug("TLS handshake with %s failed: %s", self.ctx.address, exc)
+            return False
+        self.request = sock
+        return True
 
     def _serve(self) -> None:
         sock, ctx, engine = self.request, self.ctx, self.server.engine
@@ -170,28 +199,49 @@ class ClientHandler(socketserver.BaseRequestHandler):
             return False
 
 
+class ClientSlots:
+    """The max_clients limit, shared by every client listener of a node."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Count a client in; False if the limit is reached."""
+        with self._lock:
+            if self._active >= self.limit:
+                return False
+            self._active += 1
+            return True
+
+    def give_back(self) -> None:
+        """Count a client out."""
+        with self._lock:
+            self._active -= 1
+
+
 class GeomysServer(socketserver.ThreadingTCPServer):
-    """ThreadingTCPServer with a client limit, a deep listen backlog and daemon handler threads."""
+    """ThreadingTCPServer with a client limit, a deep listen backlog, daemon handler threads, optional TLS."""
 
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False
     request_queue_size = 1024
 
-    def __init__(self, address: tuple, engine: Engine, max_clients: int, max_request_bytes: int) -> None:
+    def __init__(self, address: tuple, engine: Engine, max_clients: int, max_request_bytes: int,
+                 tls: Optional[ServerTls] = None, slots: Optional[ClientSlots] = None) -> None:
         self.engine = engine
         self.max_clients = max_clients
         self.max_request_bytes = max_request_bytes
-        self._active = 0
-        self._active_lock = threading.Lock()
+        self.tls = tls
+        self.slots = slots or ClientSlots(max_clients)
+        self.handshake_failures = 0
+        self._failures_lock = threading.Lock()
         super().__init__(address, ClientHandler)
 
     def process_request(self, request, client_address) -> None:
-        with self._active_lock:
-            full = self._active >= self.max_clients
-            if not full:
-                self._active += 1
-        if full:
+        if not self.slots.take():
             self._refuse(request)
             return
         try:
@@ -201,20 +251,28 @@ class GeomysServer(socketserver.ThreadingTCPServer):
             raise
 
     def _refuse(self, request) -> None:
-        """Tell a client over max_clients why, and close it (from the accept thread, so briefly)."""
+        """Tell a client over max_clients why, and close it (from the accept thread, so briefly).
+
+        A TLS client is only closed: a reply before the handshake would be noise to it.
+        """
         reply = protocol.error_reply(InternalError(
             "max number of clients reached (max_clients=%d)" % self.max_clients))
-        try:
-            request.settimeout(0.5)
-            request.sendall(protocol.new_packer().pack(reply))
-        except OSError:
-            pass
+        if self.tls is None:
+            try:
+                request.settimeout(0.5)
+                request.sendall(protocol.new_packer().pack(reply))
+            except OSError:
+                pass
         self.shutdown_request(request)
 
     def client_finished(self) -> None:
         """Count a client handler out."""
-        with self._active_lock:
-            self._active -= 1
+        self.slots.give_back()
+
+    def handshake_failed(self) -> None:
+        """Count a TLS handshake that failed (shown by INFO)."""
+        with self._failures_lock:
+            self.handshake_failures += 1
 
     def handle_error(self, request, client_address) -> None:
         logger.exception("unexpected error serving %s", client_address)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bench_common import (REPO, BenchError, Server, Servers, command_path, free_port, machine_summary, median,
-                          positive_int, replace_section, run_main, start_cluster, start_geomys)
+from bench_common import (REPO, BenchError, Server, Servers, add_output_option, command_path, free_port,
+                          machine_summary, median, positive_int, publish, run_main, start_cluster, start_geomys)
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis")
 TESTS = ("set", "get", "incr")
@@ -442,8 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list from %s (default all; redis only if installed)" % ",".join(SERVERS))
     add("--tests", type=parse_list(TESTS), default=TESTS, metavar="LIST",
         help="comma list from %s (default all)" % ",".join(TESTS))
-    add("--output", type=Path, default=REPO / "docs" / "performance.md", metavar="PATH",
-        help="markdown file whose generated section is replaced (default docs/performance.md)")
+    add_output_option(parser)
     return parser
 
 
@@ -460,9 +459,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         samples = run_matrix(targets, args.tests, repeat, requests, args.max_seconds)
     text = render(summarize(samples), args.servers, args.tests, repeat, requests, args.max_seconds,
                   "cluster" in args.servers and not args.quick, argv, time.monotonic() - started)
-    print(text)
-    replace_section(args.output, SECTION, text)
-    print("\nwritten into %s" % args.output, file=sys.stderr)
+    publish(text, args.output, SECTION)
     return 0
 
 

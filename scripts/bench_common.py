@@ -271,12 +271,12 @@ def start_geomys(servers: Servers, name: str, workdir: Path, *options: str, port
 
 def start_cluster(servers: Servers, workdir: Path, heartbeat: float = FAST_HEARTBEAT,
                   failure_timeout: float = FAST_FAILURE_TIMEOUT, size: int = 3,
-                  join_timeout: float = 120.0, prefix: str = "node") -> list[Server]:
-    """Start `size` nodes: node 1 bootstraps, the others join it one at a time.
+                  join_timeout: float = 120.0, prefix: str = "node", options: Sequence[str] = ()) -> list[Server]:
+    """Start `size` nodes: node 1 bootstraps, the others join it one at a time; every node gets `options`.
 
     Returns once INFO on the leader lists every node as a member.
     """
-    timings = ["--heartbeat_interval", str(heartbeat), "--failure_timeout", str(failure_timeout)]
+    timings = ["--heartbeat_interval", str(heartbeat), "--failure_timeout", str(failure_timeout), *options]
     leader_port = free_port(span=1000)
     leader = servers.add(Server("%s1" % prefix, geomys_argv(leader_port, "-node_id=1", "-bootstrap", *timings),
                                 leader_port, workdir)).wait_ready()
@@ -329,6 +329,19 @@ def replace_section(path: Path, name: str, text: str) -> None:
     else:
         new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
     path.write_text(new)
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """Add --output: the markdown file whose generated section a script replaces."""
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "performance.md", metavar="PATH",
+                        help="markdown file whose generated section is replaced (default docs/performance.md)")
+
+
+def publish(text: str, path: Path, section: str) -> None:
+    """Print the generated markdown and write it into its section of `path`."""
+    print(text)
+    replace_section(path, section, text)
+    print("\nwritten into %s" % path, file=sys.stderr)
 
 
 def positive_int(text: str) -> int:

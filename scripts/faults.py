@@ -2,14 +2,15 @@
 """The long variant of the fault-injection suite, its figures written into docs/reliability.md.
 
 Runs `python -m pytest tests/faults -q` with GEOMYS_FAULT_TRIALS,
-GEOMYS_FAULT_SOAK_SECONDS and GEOMYS_FAULT_FIGURES set (tests/faults/conftest.py
-explains them). Every scenario appends its figures to that file as one JSON
-line; pytest's JUnit report gives each test's outcome and time. Both are
-rendered between the `<!-- faults:begin -->` and `<!-- faults:end -->` markers
-of --out, leaving the prose around them alone.
+GEOMYS_FAULT_SOAK_SECONDS, GEOMYS_FAULT_PARTITION_SECONDS and
+GEOMYS_FAULT_FIGURES set (tests/faults/conftest.py explains them). Every
+scenario appends its figures to that file as one JSON line; pytest's JUnit
+report gives each test's outcome and time. Both are rendered between the
+`<!-- faults:begin -->` and `<!-- faults:end -->` markers of --out, leaving
+the prose around them alone.
 
-    python scripts/faults.py                                   # 20 trials, a 300 s soak
-    python scripts/faults.py --trials 2 --soak-seconds 20 --out /tmp/reliability.md
+    python scripts/faults.py                                   # 20 trials, a 300 s soak, 120 s of partitions
+    python scripts/faults.py --trials 2 --soak-seconds 20 --partition-seconds 15 --out /tmp/reliability.md
 
 pytest is bounded by --max-minutes: past it, it gets SIGINT (so the tests stop
 the servers they started) and then SIGKILL, by its PID. Runs in the main
@@ -41,11 +42,11 @@ TEARDOWN_SECONDS = 60
 # -- running the suite ------------------------------------------------------------------------
 
 
-def run_suite(trials: int, soak_seconds: float, select: Optional[str], figures: Path, junit: Path,
-              max_seconds: float) -> int:
+def run_suite(trials: int, soak_seconds: float, partition_seconds: float, select: Optional[str], figures: Path,
+              junit: Path, max_seconds: float) -> int:
     """Run tests/faults under pytest with the long-run settings; return pytest's exit status."""
     env = dict(os.environ, GEOMYS_FAULT_TRIALS=str(trials), GEOMYS_FAULT_SOAK_SECONDS=str(soak_seconds),
-               GEOMYS_FAULT_FIGURES=str(figures))
+               GEOMYS_FAULT_PARTITION_SECONDS=str(partition_seconds), GEOMYS_FAULT_FIGURES=str(figures))
     argv = [sys.executable, "-m", "pytest", "tests/faults", "-q", "--junitxml", str(junit)]
     if select:
         argv += ["-k", select]
@@ -79,13 +80,18 @@ def read_figures(path: Path) -> dict[str, dict]:
 
 
 def read_outcomes(junit: Path) -> list[tuple[str, str, str, float]]:
-    """(module, test name, outcome, seconds) of every test case in pytest's JUnit report."""
+    """(module, test name, outcome, seconds) of every test case in pytest's JUnit report.
+
+    A scenario marked as failing on a known fault that did fail ("xfailed")
+    is told apart from one skipped; one that passed anyway counts as passed.
+    """
     cases = []
     for case in ElementTree.parse(junit).getroot().iter("testcase"):
         outcome = "passed"
         for child, label in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
-            if case.find(child) is not None:
-                outcome = label
+            found = case.find(child)
+            if found is not None:
+                outcome = "xfailed" if found.get("type") == "pytest.xfail" else label
         module = case.get("classname", "").rsplit(".", 1)[-1]
         cases.append((module, case.get("name", "?"), outcome, float(case.get("time", 0))))
     return cases
@@ -160,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="repetitions of the scenarios that take trials (default %(default)s)")
     add("--soak-seconds", type=float, default=300.0, metavar="S",
         help="length of the random-fault soak (default %(default)s)")
+    add("--partition-seconds", type=float, default=120.0, metavar="S",
+        help="length of the run of repeated network partitions (default %(default)s)")
     add("--out", type=Path, default=REPO / "docs" / "reliability.md", metavar="PATH",
         help="markdown file whose generated section is replaced (default docs/reliability.md)")
     add("-k", dest="select", metavar="EXPR", help="run only the scenarios pytest -k EXPR selects")
@@ -176,8 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="geomys-faults-") as tmp:
         figures_path, junit = Path(tmp) / "figures.jsonl", Path(tmp) / "junit.xml"
         try:
-            status = run_suite(args.trials, args.soak_seconds, args.select, figures_path, junit,
-                               args.max_minutes * 60)
+            status = run_suite(args.trials, args.soak_seconds, args.partition_seconds, args.select, figures_path,
+                               junit, args.max_minutes * 60)
         except KeyboardInterrupt:
             print("faults.py: interrupted; nothing written", file=sys.stderr)
             return 130

@@ -63,8 +63,12 @@ class Cluster:
     """Nodes of one test cluster, keyed by node id; node 1 bootstraps unless told otherwise."""
 
     def __init__(self, workdir: Path, heartbeat_interval: float = HEARTBEAT,
-                 failure_timeout: float = FAILURE_TIMEOUT, **options) -> None:
+                 failure_timeout: float = FAILURE_TIMEOUT,
+                 process: Callable[..., ServerProcess] = ServerProcess, **options) -> None:
         self.workdir = Path(workdir)
+        # process(workdir, node_id=..., **config) makes a node's process; the partition
+        # scenarios run each node under a uid of its own (tests/faults/partition.py).
+        self.process = process
         self.options = dict(heartbeat_interval=heartbeat_interval, failure_timeout=failure_timeout, **options)
         self.failure_timeout = failure_timeout
         self.nodes: dict[int, ServerProcess] = {}
@@ -79,7 +83,7 @@ class Cluster:
         workdir = self.workdir / ("node%d" % node_id)
         if merged.get("persistence", "none") != "none":
             merged.setdefault("persistence_path", str(workdir / "db.aof"))  # one file per node, kept across restarts
-        node = ServerProcess(workdir, **merged)
+        node = self.process(workdir, **merged)
         self.nodes[node_id] = node
         self.dead.discard(node_id)
         return node
@@ -233,7 +237,7 @@ class Cluster:
             infos = self.infos(ids)
             if any(i is None for i in infos.values()):
                 return None
-            # `digest` (SPEC §2: equal digests, equal data) is compared too when INFO has it.
+            # `digest` (docs/protocol.md, INFO: equal digests, equal data) is compared too when INFO has it.
             fields = {(i["term"], i["leader_id"], tuple(sorted(i["nodes"])), i["replication_offset"], i["keys"],
                        i.get("digest")) for i in infos.values()}
             return infos if len(fields) == 1 else None
@@ -291,6 +295,7 @@ class WriteLoad:
         self.acked_sets: dict[str, str] = {}         # key -> value, acknowledged OK
         self.acked_at: dict[str, float] = {}         # key -> time.monotonic() of its OK
         self.confirmed_sets: dict[str, str] = {}     # key -> value, retry answered KEY_EXISTS
+        self.sending: list[Optional[dict]] = [None] * threads   # the operation each thread has in flight
         self.acked_incrs = [0] * threads             # INCRs acknowledged per thread
         self.attempted_incrs = [0] * threads         # INCRs sent at least once (upper bound)
         self.last_incr_value = [0] * threads
@@ -309,8 +314,12 @@ class WriteLoad:
             thread.start()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def halt(self) -> None:
+        """Tell the threads to end after the operation they have in flight, without waiting for them."""
         self._stop.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.halt()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.1))
@@ -402,6 +411,7 @@ class WriteLoad:
                 with self._lock:
                     self.attempted_incrs[t] += 1   # every send may apply: an upper bound
             sent = time.monotonic()
+            self.sending[t] = op
             try:
                 reply = client.call(op["command"], **{k: v for k, v in op.items() if k != "command"})
             except (socket.timeout, TimeoutError):

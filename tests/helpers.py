@@ -168,12 +168,16 @@ class ServerProcess:
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("GEOMYS_PORT", None)
         self.proc = subprocess.Popen(
-            geomys_command() + ["--config", str(self.config_path), *extra_args],
+            self.argv() + ["--config", str(self.config_path), *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
             preexec_fn=preexec_fn)
         if wait:
             self.wait_ready()
         return self
+
+    def argv(self) -> list[str]:
+        """The command that starts the server (a subclass may run it under another uid)."""
+        return geomys_command()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until a PING gets PONG (failing early if the process died)."""

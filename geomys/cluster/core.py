@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 APPEND_BATCH = 2000              # most entries in one Append
 APPEND_BATCH_BYTES = 4 << 20     # ...and about this many bytes of them
-MAX_INFLIGHT = 4                 # Appends a leader keeps in flight to one follower
+MAX_INFLIGHT = 2                 # Appends a leader keeps in flight to one follower
 LEARNER_SLACK = 100              # a learner this close to the leader's log becomes a member
 
 
@@ -67,6 +67,15 @@ class AppendReply:
     ok: bool
     last_seq: int
     syncing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Leader -> follower: the commit point moved and there is nothing new to send (no answer)."""
+
+    src: int
+    term: int
+    commit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +207,7 @@ class Rejected:
     reason: str
 
 
-Message = Union[Append, AppendReply, Poll, PollReply, CanYouLead, CanYouLeadReply, NewLeader, NewLeaderReply,
+Message = Union[Append, AppendReply, Commit, Poll, PollReply, CanYouLead, CanYouLeadReply, NewLeader, NewLeaderReply,
                 Fetch, FetchReply, Join, JoinReply, Leave, LeaveReply, Rejected]
 
 
@@ -334,6 +343,7 @@ class Core:
         # nothing is known committed until a leader's Append says so.
         self.commit = 0
         self.applied = log.base_seq        # the newest entry the store holds
+        self.matched = 0                   # follower: its log agrees with its leader's up to here
         self.syncing = False               # a snapshot fetch is under way
         self.progress: dict[int, Progress] = {}
         self.last_seen: dict[int, float] = {}
@@ -396,6 +406,7 @@ class Core:
         """
         self._now = now
         self.syncing = False
+        self.matched = 0
         self.log.reset(seq, term)
         self.applied = seq
         self.commit = min(self.commit, seq)
@@ -497,6 +508,7 @@ class Core:
             self.takeover = None
         if self.leader_id != leader or term != self.term:
             logger.info("node %d now follows node %d at term %d", self.id, leader, term)
+            self.matched = 0
         self.poll = None
         # A node outside the membership follows as a learner: it votes in nothing.
         self._become(FOLLOWER if self.id in self.members else LEARNER, term, leader)
@@ -533,6 +545,7 @@ class Core:
     def _truncate(self, seq: int) -> None:
         """Drop log entries after `seq`, and any membership they brought."""
         self.log.truncate_after(seq)
+        self.matched = min(self.matched, seq)
         while self.members_seq > seq and self._member_history:
             self.members_seq, members = self._member_history.pop()
             self.members = members
@@ -560,7 +573,11 @@ class Core:
             p.last_sent = self._now
             return
         entries = tuple(log.after(prev, APPEND_BATCH, APPEND_BATCH_BYTES))
-        if not entries and not heartbeat and p.commit_sent >= self.commit:
+        if not entries and not heartbeat:
+            if p.commit_sent < self.commit and p.state == REPLICATE:
+                # Nothing new: tell it the commit point without asking for an answer.
+                self._send(peer, Commit(self.id, self.term, self.commit))
+                p.commit_sent = self.commit
             return
         self._send(peer, Append(self.id, self.term, prev, log.term_at(prev), entries, self.commit))
         if entries:
@@ -714,10 +731,21 @@ class Core:
             if entry.members is not None:
                 self._set_members(entry.seq, {n.node_id: n for n in entry.members})
         matched = m.entries[-1].seq if m.entries else m.prev_seq
-        if min(m.commit, matched) > self.commit:
-            self.commit = min(m.commit, matched)
-            self._apply_committed()
+        self.matched = max(self.matched, matched)
+        self._learn_commit(m.commit)
         self._send(m.src, AppendReply(self.id, self.term, True, matched))
+
+    def _on_commit(self, m: Commit, now: float) -> None:
+        if m.src == self.leader_id and m.term == self.term and not self.syncing:
+            self.last_leader_contact = now
+            self._learn_commit(m.commit)
+
+    def _learn_commit(self, commit: int) -> None:
+        """Move the commit point up to the leader's, as far as this log is known to agree with it."""
+        commit = min(commit, self.matched)
+        if commit > self.commit:
+            self.commit = commit
+            self._apply_committed()
 
     def _apply_committed(self) -> None:
         """Hand the committed entries the store lacks to the driver, in order."""
@@ -1031,7 +1059,7 @@ class Core:
         return out
 
     _HANDLERS = {
-        Append: _on_append, AppendReply: _on_append_reply,
+        Append: _on_append, AppendReply: _on_append_reply, Commit: _on_commit,
         Poll: _on_poll, PollReply: _on_poll_reply,
         CanYouLead: _on_can_you_lead, CanYouLeadReply: _on_can_you_lead_reply,
         NewLeader: _on_new_leader, NewLeaderReply: _on_new_leader_reply,

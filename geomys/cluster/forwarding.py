@@ -35,6 +35,12 @@ class ForwardBatcher:
         self._pending: list[_Slot] = []
         self._calls = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a call slot."""
+        with self._cond:
+            return sum(len(slot.requests) for slot in self._pending)
+
     def submit(self, address: str, requests: list) -> list:
         """Run `requests` on the leader at `address`, in order; return the leader's replies."""
         slot = _Slot(address, requests)

@@ -8,19 +8,18 @@ discard them. Owned by the consensus core (geomys.cluster.core), which runs
 under the driver's lock.
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .rules import NodeAddress
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One log entry: a write's effect record (encoded by geomys.records), or a membership change.
 
     `members` is set only on a membership entry: the voting members from
     that entry on. Its `record` is the same membership as an effect record,
-    so the append-only file can carry it like any other.
+    so the append-only file can carry it like any other. (A named tuple: the
+    log makes one per write on every node, and it is the cheapest immutable.)
     """
 
     seq: int
@@ -85,13 +84,19 @@ class Log:
 
         The newest entry stays even when it alone is over max_bytes.
         """
-        while len(self) > self.max_entries or (self._bytes > self.max_bytes and len(self) > 1):
-            oldest = self._entries[self._head]
+        entries, head, kept = self._entries, self._head, len(self._entries) - self._head
+        if kept <= self.max_entries and self._bytes <= self.max_bytes:
+            return
+        while kept > self.max_entries or (self._bytes > self.max_bytes and kept > 1):
+            oldest = entries[head]
             if oldest.seq > upto:
                 break
-            self._head += 1
+            head += 1
+            kept -= 1
             self._bytes -= len(oldest.record)
-            self.base_seq, self.base_term = oldest.seq, oldest.term
+        if head != self._head:
+            self._head = head
+            self.base_seq, self.base_term = entries[head - 1].seq, entries[head - 1].term
         if self._head > 1024 and self._head * 2 > len(self._entries):
             del self._entries[:self._head]  # amortised O(1): done once the dropped part dominates
             self._head = 0

@@ -10,6 +10,7 @@ sink (a reply waits here until what it reveals is committed) and its
 forwarder (a follower hands writes to the leader, batched across clients).
 """
 
+import heapq
 import logging
 import random
 import threading
@@ -32,7 +33,7 @@ from .forwarding import ForwardBatcher
 from .log import Log
 from .pb import cluster_pb2 as pb
 from .rules import LEADER, NodeAddress
-from .transport import GrpcTransport, PeerUnavailable
+from .transport import GrpcTransport, PeerUnavailable, Transport
 from .wire import node_from_pb, node_to_pb
 
 logger = logging.getLogger(__name__)
@@ -63,22 +64,32 @@ def _is_blocking(request) -> bool:
 class ClusterNode:
     """One node's driver: the core, its lock, its ticker, and the I/O the core asks for."""
 
-    def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None, transport=None,
-                 rng: Optional[random.Random] = None) -> None:
+    def __init__(self, config: Config, engine: Engine, clock: Optional[Clock] = None,
+                 transport: Optional[Transport] = None, rng: Optional[random.Random] = None,
+                 spawn: Optional[Callable[..., None]] = None, channel_credentials=None) -> None:
+        """Wire a node; tests pass a fake clock, an in-memory transport and a `spawn` that runs tasks inline.
+
+        `channel_credentials` (geomys.tls) makes the calls to other nodes mutual TLS.
+        """
         self.config = config
         self.engine = engine
         self.store = engine.store
         self.now = (clock or SystemClock()).monotonic
-        me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.port),
+        me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.client_port),
                          "%s:%d" % (config.advertise_host, config.grpc_port))
         timing = Timing(config.heartbeat_interval, config.failure_timeout)
         self.core = Core(me, timing, rng or random.Random(), Log(config.backlog_entries, config.backlog_bytes))
         self.transport = transport or GrpcTransport(config.rpc_timeout, config.max_request_bytes + (4 << 20),
-                                                    config.cluster_secret, self.receive)
+                                                    config.cluster_secret, self.receive, channel_credentials)
         # One lock for the core and the store: a write's entry is proposed in the
         # same hold of the lock that applied it, so log order is apply order.
         self.lock = self.store.lock
-        self._changed = threading.Condition(self.lock)   # commits, role changes, snapshots
+        self._changed = threading.Condition(self.lock)   # role changes, snapshots, membership
+        # Replies waiting for a commit, as a heap of (seq, n, gate): a commit opens
+        # only the gates it covers, not every waiting client. A gate is a plain
+        # lock its waiter holds and blocks on again: far cheaper than a Condition.
+        self._waiters: list = []
+        self._waiter_count = 0
         self.leadership = 0        # bumped whenever this node stops leading
         self.store_generation = 0  # bumped whenever a snapshot replaces the store
         self.stats = {"syncs_full_served": 0, "syncs_full_received": 0}
@@ -88,6 +99,7 @@ class ClusterNode:
         self._ticking = False
         self._pending_members: list = []
         self._applying = False
+        self._spawner = spawn
         self.election_timeout = min(config.rpc_timeout, config.failure_timeout / 3)
 
     # -- feeding the core (caller holds no lock unless said) ----------------------------------
@@ -102,7 +114,9 @@ class ClusterNode:
                 if address is not None:
                     self.transport.send(action.to, address.grpc_address, action.message)
             elif kind is core_mod.Committed:
-                self._changed.notify_all()
+                waiters = self._waiters
+                while waiters and waiters[0][0] <= action.seq:
+                    heapq.heappop(waiters)[2].release()
             elif kind is core_mod.Apply:
                 self._applying = True   # the entries are in the log already: append() must not propose them
                 try:
@@ -129,6 +143,13 @@ class ClusterNode:
             self.leadership += 1
         self.engine.forwarder = None if leading else self.forward
         self.store.owns_expiry = leading
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Wake every waiting reply and joiner: the role changed or the store was replaced (caller holds the lock)."""
+        for _, _, gate in self._waiters:
+            gate.release()
+        self._waiters.clear()
         self._changed.notify_all()
 
     def receive(self, messages: list, answer_inline: bool = False) -> list:
@@ -165,15 +186,19 @@ class ClusterNode:
             return core_mod.Rejected(self.core.id, self.core.term, "no answer")
         return answer.message
 
+    def tick(self) -> None:
+        """Tell the core that time passed, and which peers could not be reached."""
+        with self.lock:
+            now = self.now()
+            for peer in self.transport.take_unreachable():
+                self._run(self.core.unreachable(peer, now))
+            self._run(self.core.tick(now))
+
     def _tick_loop(self) -> None:
         period = min(self.config.heartbeat_interval / 4, self.config.failure_timeout / 8)
         while not self._stopping.wait(period):
             try:
-                with self.lock:
-                    now = self.now()
-                    for peer in self.transport.take_unreachable():
-                        self._run(self.core.unreachable(peer, now))
-                    self._run(self.core.tick(now))
+                self.tick()
             except Exception:  # the ticker must outlive any single failure
                 logger.exception("cluster ticker error")
 
@@ -192,12 +217,13 @@ class ClusterNode:
             self._ticking = True
             self._spawn("cluster-ticker", self._tick_loop)
 
-    def join(self) -> None:
-        """Join the cluster at config.join: register as a learner, take a snapshot, wait to be a member."""
+    def join(self, prepare: Callable[[], None] = lambda: None) -> None:
+        """Join the cluster at config.join: register as a learner, take a snapshot, wait to be a member.
+
+        `prepare` runs once the cluster has accepted this node, before its state arrives.
+        """
         deadline = self.now() + max(self.config.join_timeout, 3 * self.config.failure_timeout)
-        leader, term = self._register(self.config.join, deadline)
-        with self.lock:
-            self._run(self.core.joined(leader, term, self.now()))
+        leader = self.begin_join(self.config.join, deadline, prepare)
         self.start()
         with self.lock:
             while self.core.id not in self.core.members and not self._stopping.is_set():
@@ -206,7 +232,15 @@ class ClusterNode:
                     raise JoinError("the leader did not make this node a member within %.0fs"
                                     % self.config.join_timeout)
                 self._changed.wait(min(remaining, 0.5))
-        logger.info("node %d joined the cluster (leader %d, term %d)", self.core.id, leader.node_id, term)
+        logger.info("node %d joined the cluster (leader %d, term %d)", self.core.id, leader, self.core.term)
+
+    def begin_join(self, address: str, deadline: float, prepare: Callable[[], None] = lambda: None) -> int:
+        """Register with the cluster at `address` as a learner and start taking its state; return the leader's id."""
+        leader, term = self._register(address, deadline)
+        prepare()
+        with self.lock:
+            self._run(self.core.joined(leader, term, self.now()))
+        return leader.node_id
 
     def _register(self, address: str, deadline: float) -> tuple[NodeAddress, int]:
         """Ask the cluster at `address` to take this node as a learner; follow redirects."""
@@ -250,10 +284,13 @@ class ClusterNode:
         self._stopping.set()
         with self.lock:
             self.leadership += 1
-            self._changed.notify_all()
+            self._wake_all()
         self.transport.close()
 
     def _spawn(self, name: str, target: Callable, *args) -> None:
+        if self._spawner is not None:
+            self._spawner(target, *args)
+            return
         threading.Thread(target=target, args=args, name=name, daemon=True).start()
 
     # -- the engine's record sink ------------------------------------------------------------
@@ -280,8 +317,11 @@ class ClusterNode:
             return
         with self.lock:
             leadership, generation = self.leadership, self.store_generation
-            deadline = self.now() + self.config.failure_timeout
-            while core.commit < seq:
+        deadline = self.now() + self.config.failure_timeout
+        while True:
+            with self.lock:
+                if core.commit >= seq:
+                    return
                 if self.leadership != leadership or self.store_generation != generation:
                     raise NoLeader("leadership was lost before this reply's data reached a majority; "
                                    "a write's outcome is unknown")
@@ -293,7 +333,11 @@ class ClusterNode:
                 remaining = deadline - self.now()
                 if remaining <= 0:
                     raise NoLeader("this node holds writes the cluster has not confirmed; try again shortly")
-                self._changed.wait(remaining)
+                gate = threading.Lock()
+                gate.acquire()
+                self._waiter_count += 1
+                heapq.heappush(self._waiters, (seq, self._waiter_count, gate))
+            gate.acquire(timeout=remaining)
 
     # -- the engine's forwarder (follower) ---------------------------------------------------
 
@@ -421,6 +465,7 @@ class ClusterNode:
                 finally:
                     self._applying = False
                 self.store_generation += 1
+                self._wake_all()
                 self.stats["syncs_full_received"] += 1
                 members = {n.node_id: node_from_pb(n) for n in head.members}
                 self._run(self.core.snapshot_installed(head.snapshot_seq, head.snapshot_term, members, self.now()))

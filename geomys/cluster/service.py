@@ -6,6 +6,7 @@ elections beside forwarded blocking pops (which ClusterNode also bounds).
 
 import socket
 from concurrent import futures
+from typing import Optional
 
 import grpc
 
@@ -68,8 +69,9 @@ def _check_port_free(host: str, port: int) -> None:
         raise PortUnavailable("cannot bind the cluster port %s:%d: %s" % (host, port, exc.strerror or exc)) from None
 
 
-def start_grpc_server(node: ClusterNode, host: str, port: int, secret, max_message_bytes: int) -> grpc.Server:
-    """Bind and start the cluster's gRPC server; raise PortUnavailable if the port cannot be bound."""
+def start_grpc_server(node: ClusterNode, host: str, port: int, secret, max_message_bytes: int,
+                      credentials: Optional[grpc.ServerCredentials] = None) -> grpc.Server:
+    """Bind and start the cluster's gRPC server (over TLS with `credentials`); PortUnavailable if it cannot bind."""
     _check_port_free(host, port)
     interceptors = [SecretInterceptor(secret)] if secret else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
@@ -77,7 +79,8 @@ def start_grpc_server(node: ClusterNode, host: str, port: int, secret, max_messa
                          + [("grpc.so_reuseport", 0)])
     pb_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
     try:
-        bound = server.add_insecure_port("%s:%d" % (host, port))
+        address = "%s:%d" % (host, port)
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise PortUnavailable("cannot bind the cluster port %s:%d: %s" % (host, port, exc)) from None
     if bound == 0:

@@ -10,11 +10,12 @@ module: a failed call raises PeerUnavailable, a broken stream is reported by
 stream threads are its own.
 """
 
-import collections
 import hmac
 import logging
+import queue
 import threading
-from typing import Callable, Iterator, Optional
+import time
+from typing import Callable, Iterator, Optional, Protocol
 
 import grpc
 
@@ -50,13 +51,36 @@ def channel_options(max_message_bytes: int) -> list:
     ]
 
 
+class Transport(Protocol):
+    """How the driver reaches other nodes: GrpcTransport here, an in-memory network in the tests."""
+
+    def send(self, to: int, address: str, message) -> None:
+        """Queue a core message for node `to`; best effort, never blocks."""
+
+    def take_unreachable(self) -> set[int]:
+        """The peers a message could not be delivered to since the last call."""
+
+    def ask(self, address: str, message, timeout: Optional[float] = None):
+        """Send a Join or a Leave and return the core message that answers it; raise PeerUnavailable."""
+
+    def call(self, address: str, method: str, request, timeout: Optional[float] = None):
+        """A plain call (Forward) to the node at `address`; raise PeerUnavailable."""
+
+    def sync(self, address: str, request: pb.SyncRequest, timeout: float) -> Iterator[pb.SyncChunk]:
+        """The chunks of a snapshot from the node at `address`; raise PeerUnavailable."""
+
+    def close(self) -> None:
+        """Stop sending."""
+
+
 class GrpcTransport:
     """Stubs to other nodes keyed by gRPC address, and one message stream per peer id."""
 
     def __init__(self, rpc_timeout: float, max_message_bytes: int, secret: Optional[str],
-                 deliver: Callable[[list], object]) -> None:
+                 deliver: Callable[[list], object], credentials: Optional[grpc.ChannelCredentials] = None) -> None:
         self.rpc_timeout = rpc_timeout
         self.deliver = deliver
+        self._credentials = credentials  # TLS (geomys.tls) when set, else plaintext
         self._options = channel_options(max_message_bytes)
         self._metadata = ((SECRET_HEADER, secret),) if secret else ()
         self._stubs: dict[str, pb_grpc.ClusterStub] = {}
@@ -70,7 +94,8 @@ class GrpcTransport:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=self._options)
+                channel = (grpc.secure_channel(address, self._credentials, options=self._options)
+                           if self._credentials else grpc.insecure_channel(address, options=self._options))
                 self._channels[address] = channel
                 stub = self._stubs[address] = pb_grpc.ClusterStub(channel)
             return stub
@@ -140,65 +165,78 @@ class _Stream:
     """One peer's outgoing messages: a queue, and the thread that keeps an Exchange stream open and
     hands the peer's answers on."""
 
+    _CLOSE = object()   # queued to end the stream
+
     def __init__(self, transport: GrpcTransport, peer: int, address: str) -> None:
         self.transport = transport
         self.peer = peer
         self.address = address
-        self._queue: collections.deque = collections.deque()
-        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()   # put() is one C call: the proposer's cost
         self._up = True           # optimistic until a call fails
         self._closed = False
+        self._call = 0            # which Exchange call is current
         threading.Thread(target=self._run, name="stream-%d" % peer, daemon=True).start()
 
     def put(self, message) -> None:
-        with self._cond:
-            if not self._up or len(self._queue) >= QUEUE_LIMIT:
-                return   # dropped; a broken stream is reported by the thread
-            self._queue.append(message)
-            self._cond.notify()
+        if self._up and self._queue.qsize() < QUEUE_LIMIT:
+            self._queue.put(message)
+        # else dropped: a broken stream is reported by the thread, and the protocol resends
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._queue.put(self._CLOSE)
 
-    def _batches(self) -> Iterator[pb.Batch]:
-        """Everything queued so far, as one batch per wake-up; ends when the stream is closed."""
+    def _batches(self, call: int) -> Iterator[pb.Batch]:
+        """Everything queued so far, as one batch per wake-up; ends when the stream is closed.
+
+        gRPC reads this from a thread of its own, which may outlive a broken
+        call: it then ends within a second instead of taking the next call's messages.
+        """
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
+            try:
+                messages = [get(timeout=1.0)]
+            except queue.Empty:
+                if call != self._call:
                     return
-                messages = list(self._queue)
-                self._queue.clear()
-            yield pb.Batch(messages=[wire.to_pb(m) for m in messages])
+                continue
+            try:
+                while True:
+                    messages.append(get_nowait())
+            except queue.Empty:
+                pass
+            if messages[-1] is self._CLOSE or call != self._call:
+                return
+            yield pb.Batch(messages=[wire.to_pb(m) for m in messages if m is not self._CLOSE])
+
+    def _drop_queued(self) -> None:
+        try:
+            while True:
+                if self._queue.get_nowait() is self._CLOSE:
+                    self._closed = True
+        except queue.Empty:
+            pass
 
     def _run(self) -> None:
         backoff = 0.05
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                self._up = True
+        while not self._closed:
+            self._up = True
+            self._call += 1
             try:
                 answers = self.transport._stub(self.address).Exchange(
-                    self._batches(), timeout=STREAM_SECONDS, metadata=self.transport._metadata)
+                    self._batches(self._call), timeout=STREAM_SECONDS, metadata=self.transport._metadata)
                 for batch in answers:
                     self.transport.deliver([wire.from_pb(m) for m in batch.messages])
                 backoff = 0.05
             except wire.WireError as exc:
                 logger.warning("unreadable answer from node %d: %s", self.peer, exc)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED and not self._closed:
                     logger.debug("stream to node %d broke: %s", self.peer, _describe(exc))
-                    with self._cond:
-                        self._up = False
-                        self._queue.clear()
+                    self._up = False
+                    self._drop_queued()
                     self.transport._report(self.peer)
-                    with self._cond:
-                        if not self._closed:
-                            self._cond.wait(backoff)
+                    time.sleep(backoff)   # before dialling again; the stream thread has nothing else to do
                     backoff = min(backoff * 2, 1.0)
 
 

@@ -2,11 +2,14 @@
 
 Each core message dataclass has a protobuf message of the same name and
 field names (protos/cluster.proto), so the conversion is generic; only
-nodes and entries need a hand. A malformed protobuf message raises
-WireError, never anything the core would act on.
+nodes and entries need a hand (entries travel as one MessagePack array per
+message). A malformed message raises WireError, never anything the core
+would act on.
 """
 
 import dataclasses
+
+import msgpack
 
 from . import core
 from .log import Entry
@@ -20,7 +23,7 @@ class WireError(Exception):
 
 # The oneof field of pb.Message that carries each core message type.
 _FIELD = {cls: pb.Message.DESCRIPTOR.fields_by_camelcase_name[cls.__name__[0].lower() + cls.__name__[1:]].name
-          for cls in (core.Append, core.AppendReply, core.Poll, core.PollReply, core.CanYouLead,
+          for cls in (core.Append, core.AppendReply, core.Commit, core.Poll, core.PollReply, core.CanYouLead,
                       core.CanYouLeadReply, core.NewLeader, core.NewLeaderReply, core.Fetch, core.FetchReply,
                       core.Join, core.JoinReply, core.Leave, core.LeaveReply, core.Rejected)}
 _CLASS = {name: cls for cls, name in _FIELD.items()}
@@ -38,16 +41,25 @@ def node_from_pb(node: pb.Node) -> NodeAddress:
     return NodeAddress(node.node_id, node.client_address, node.grpc_address)
 
 
-def _entry_to_pb(entry: Entry) -> pb.Entry:
-    if entry.members is None:
-        return pb.Entry(seq=entry.seq, term=entry.term, record=entry.record)
-    return pb.Entry(seq=entry.seq, term=entry.term, record=entry.record, has_members=True,
-                    members=[node_to_pb(n) for n in entry.members])
+def pack_entries(entries) -> bytes:
+    """Encode log entries for an Append or a FetchReply (see protos/cluster.proto, Entries)."""
+    return msgpack.packb([
+        [e.seq, e.term, e.record,
+         None if e.members is None else [[n.node_id, n.client_address, n.grpc_address] for n in e.members]]
+        for e in entries], use_bin_type=True)
 
 
-def _entry_from_pb(entry: pb.Entry) -> Entry:
-    members = tuple(node_from_pb(n) for n in entry.members) if entry.has_members else None
-    return Entry(entry.seq, entry.term, entry.record, members)
+def unpack_entries(data: bytes) -> tuple[Entry, ...]:
+    """Decode the entries of an Append or a FetchReply; raise WireError if they are malformed."""
+    if not data:
+        return ()
+    try:
+        items = msgpack.unpackb(data, raw=False, use_list=False)
+        return tuple(Entry(seq, term, record) if members is None
+                     else Entry(seq, term, record, tuple(NodeAddress(*node) for node in members))
+                     for seq, term, record, members in items)
+    except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:
+        raise WireError("malformed entries: %s" % exc) from None
 
 
 def to_pb(message: core.Message) -> pb.Message:
@@ -57,7 +69,7 @@ def to_pb(message: core.Message) -> pb.Message:
     for name in _FIELDS[cls]:
         value = getattr(message, name)
         if name == "entries":
-            value = [_entry_to_pb(e) for e in value]
+            value = pack_entries(value)
         elif name in _NODE_FIELDS:
             if value is None:
                 continue
@@ -77,7 +89,7 @@ def from_pb(envelope: pb.Message) -> core.Message:
     for field in _FIELDS[cls]:
         value = getattr(body, field)
         if field == "entries":
-            value = tuple(_entry_from_pb(e) for e in value)
+            value = unpack_entries(value)
         elif field in _NODE_FIELDS:
             value = node_from_pb(value) if body.HasField(field) else None
         values.append(value)

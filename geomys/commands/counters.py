@@ -41,5 +41,5 @@ def incr(store, ctx, key, offset):
 
 SPECS = (
     CommandSpec("INCR", incr, (Field("key", to_key), Field("offset", to_offset, False, 1)),
-                frozenset({WRITE}), "incr KEY [OFFSET]: add OFFSET (default 1) to a counter"),
+                frozenset({WRITE}), "add OFFSET (default 1) to a counter"),
 )

@@ -70,12 +70,12 @@ _TIMEOUT = Field("timeout", to_seconds)
 
 SPECS = (
     CommandSpec("PUSH", push, (_KEY, Field("value", to_str)), frozenset({WRITE}),
-                "push KEY VALUE: append VALUE at the rear of a list"),
-    CommandSpec("LPOP", lpop, (_KEY,), frozenset({WRITE}), "lpop KEY: remove and return the first element"),
-    CommandSpec("RPOP", rpop, (_KEY,), frozenset({WRITE}), "rpop KEY: remove and return the last element"),
+                "append VALUE at the rear of a list"),
+    CommandSpec("LPOP", lpop, (_KEY,), frozenset({WRITE}), "remove and return the first element of a list"),
+    CommandSpec("RPOP", rpop, (_KEY,), frozenset({WRITE}), "remove and return the last element of a list"),
     CommandSpec("BLPOP", blpop, (_KEY, _TIMEOUT), frozenset({WRITE, BLOCKING}),
-                "blpop KEY TIMEOUT: like lpop, waiting up to TIMEOUT seconds (0: forever)"),
+                "like lpop, waiting up to TIMEOUT seconds (0: forever)"),
     CommandSpec("BRPOP", brpop, (_KEY, _TIMEOUT), frozenset({WRITE, BLOCKING}),
-                "brpop KEY TIMEOUT: like rpop, waiting up to TIMEOUT seconds (0: forever)"),
-    CommandSpec("LLEN", llen, (_KEY,), frozenset(), "llen KEY: length of a list (0 if absent)"),
+                "like rpop, waiting up to TIMEOUT seconds (0: forever)"),
+    CommandSpec("LLEN", llen, (_KEY,), frozenset(), "length of a list (0 if absent)"),
 )

@@ -21,7 +21,8 @@ def flushdb(store, ctx):
 
 
 SPECS = (
-    CommandSpec("DEL", delete, (Field("key", to_key),), frozenset({WRITE}), "del KEY: remove a key"),
-    CommandSpec("EXISTS", exists, (Field("key", to_key),), frozenset(), "exists KEY: 1 if KEY exists, else 0"),
-    CommandSpec("FLUSHDB", flushdb, (), frozenset({WRITE}), "flushdb: remove every key"),
+    CommandSpec("DEL", delete, (Field("key", to_key),), frozenset({WRITE}),
+                "remove a key (1 if removed, 0 if absent)"),
+    CommandSpec("EXISTS", exists, (Field("key", to_key),), frozenset(), "1 if KEY exists, else 0"),
+    CommandSpec("FLUSHDB", flushdb, (), frozenset({WRITE}), "remove every key"),
 )

@@ -45,10 +45,10 @@ def compact(store, ctx):
 _LOCAL = frozenset({NOLOCK})
 
 SPECS = (
-    CommandSpec("PING", ping, (), frozenset({NOLOCK, NOAUTH}), "ping: check the server answers"),
-    CommandSpec("ECHO", echo, (Field("message", to_str),), _LOCAL, "echo MESSAGE: return MESSAGE"),
-    CommandSpec("INFO", info, (), _LOCAL, "info: show the server's state"),
-    CommandSpec("AUTH", auth, (Field("value", to_str),), frozenset({NOLOCK, NOAUTH}),
-                "auth PASSWORD: authenticate this connection"),
-    CommandSpec("COMPACT", compact, (), _LOCAL, "compact: rewrite the append-only file to the current state"),
+    CommandSpec("PING", ping, (), frozenset({NOLOCK, NOAUTH}), "check the server answers"),
+    CommandSpec("ECHO", echo, (Field("message", to_str),), _LOCAL, "return MESSAGE"),
+    CommandSpec("INFO", info, (), _LOCAL, "show the server's state"),
+    CommandSpec("AUTH", auth, (Field("value", to_str, metavar="PASSWORD"),), frozenset({NOLOCK, NOAUTH}),
+                "authenticate this connection"),
+    CommandSpec("COMPACT", compact, (), _LOCAL, "rewrite the append-only file to the current state"),
 )

@@ -25,7 +25,8 @@ def get(store, ctx, key):
 
 
 SPECS = (
-    CommandSpec("SET", set_, (Field("key", to_key), Field("value", to_str), Field("exp", to_ttl_ms, False)),
-                frozenset({WRITE}), "set KEY VALUE [TTL_MS]: store a string (fails if KEY exists)"),
-    CommandSpec("GET", get, (Field("key", to_key),), frozenset(), "get KEY: read a string"),
+    CommandSpec("SET", set_,
+                (Field("key", to_key), Field("value", to_str), Field("exp", to_ttl_ms, False, metavar="TTL_MS")),
+                frozenset({WRITE}), "store a string (fails if KEY exists)"),
+    CommandSpec("GET", get, (Field("key", to_key),), frozenset(), "read a string"),
 )

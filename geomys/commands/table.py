@@ -116,20 +116,27 @@ def _describe(raw) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One request field a command takes."""
+    """One request field a command takes; `metavar` names it in usage lines (default: NAME)."""
 
     name: str
     convert: Callable[[Any, str], Any]
     required: bool = True
     default: Any = None
+    metavar: str = ""
+
+    @property
+    def word(self) -> str:
+        """How a usage line shows this field, e.g. KEY or [TTL_MS]."""
+        word = self.metavar or self.name.upper()
+        return word if self.required else "[%s]" % word
 
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A command: its name, handler, fields and flags.
+    """A command: its name, handler, fields, flags and a one-line summary for help.
 
     The flags are also kept as booleans, so routing a request costs a few
-    attribute reads.
+    attribute reads. geomys-cli builds its words and help from the same spec.
     """
 
     name: str
@@ -151,6 +158,11 @@ class CommandSpec:
         set_(self, "needs_auth", NOAUTH not in self.flags)
         # The fields as plain tuples: parse runs for every request.
         set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default) for f in self.fields))
+
+    @property
+    def usage(self) -> str:
+        """The usage line geomys-cli shows, e.g. `set KEY VALUE [TTL_MS]`."""
+        return " ".join([self.name.lower()] + [field.word for field in self.fields])
 
     def parse(self, request: dict) -> list:
         """Convert the request's fields to the handler's arguments, or raise BadRequest.

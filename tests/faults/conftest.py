@@ -7,6 +7,8 @@ docs/reliability.md, by setting:
 - GEOMYS_FAULT_TRIALS: repetitions of the scenarios that take a number of
   trials (default 1 here; 20 in the long run);
 - GEOMYS_FAULT_SOAK_SECONDS: length of the random-fault soak (default 20);
+- GEOMYS_FAULT_PARTITION_SECONDS: length of the run of repeated network
+  partitions (default 15);
 - GEOMYS_FAULT_FIGURES: a file each scenario appends its figures to, one JSON
   object a line (unset: figures are not kept).
 
@@ -20,6 +22,8 @@ import time
 from typing import Optional
 
 import pytest
+
+from tests.faults.partition import PartitionUnavailable, ensure_nft
 
 #: Acknowledged writes a scenario needs before its fault; below, it is vacuous.
 MIN_ACKED_BEFORE_FAULT = 1000
@@ -36,6 +40,7 @@ class FaultSettings:
     def __init__(self) -> None:
         self.trials = int(_env_number("GEOMYS_FAULT_TRIALS", 1))
         self.soak_seconds = _env_number("GEOMYS_FAULT_SOAK_SECONDS", 20)
+        self.partition_seconds = _env_number("GEOMYS_FAULT_PARTITION_SECONDS", 15)
         self.long = self.trials > 1
 
 
@@ -75,6 +80,15 @@ def require_load(acked: int, minimum: int = MIN_ACKED_BEFORE_FAULT, what: str = 
 @pytest.fixture(scope="session")
 def settings() -> FaultSettings:
     return FaultSettings()
+
+
+@pytest.fixture(scope="session")
+def nftables() -> None:
+    """nft installed and working (tests/faults/partition.py), or the test is skipped with the reason."""
+    try:
+        ensure_nft()
+    except PartitionUnavailable as exc:
+        pytest.skip("no network partitions here: %s" % exc)
 
 
 @pytest.hookimpl(hookwrapper=True)

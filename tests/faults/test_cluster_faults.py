@@ -1,4 +1,4 @@
-"""Faults injected into a three-node cluster of real processes under write load (SPEC §5, "the promise").
+"""Faults injected into a three-node cluster of real processes under write load (docs/cluster.md, "Guarantees").
 
 Scenarios 7 to 11 of the fault-injection suite: the leader killed (kill -9),
 the leader paused (SIGSTOP/SIGCONT), a lagging node with the smallest id

@@ -60,3 +60,36 @@ def test_memory_bench_reports_positive_figures_for_a_few_keys():
     assert replay and float(replay.group(1)) > 0
     join = re.search(r"join sync of 2,000 keys.*\| ([\d.]+) \|$", run.stdout, re.M)
     assert join and float(join.group(1)) > 0
+
+
+def test_faults_run_twice_rewrites_only_its_section_of_a_copy_of_reliability_md(tmp_path):
+    # -k that selects no scenario: pytest runs nothing, and the script still writes its section.
+    original = (SCRIPTS.parent / "docs" / "reliability.md").read_text()
+    head, _, rest = original.partition("\n<!-- faults:begin -->\n")
+    _, _, tail = rest.partition("\n<!-- faults:end -->\n")
+    output = tmp_path / "reliability.md"
+    output.write_text(original)
+    for run_number in (1, 2):
+        run = run_script("faults.py", "-k", "no_scenario_has_this_name_%d" % run_number, "--out", str(output))
+        assert "no tests ran" in run.stdout, run.stdout + run.stderr
+        text = output.read_text()
+        assert text.startswith(head + "\n<!-- faults:begin -->\n"), run_number
+        assert text.endswith("\n<!-- faults:end -->\n" + tail), run_number
+        section = text[len(head):len(text) - len(tail)]
+        assert section.count("<!-- faults:") == 2 and "no_scenario_has_this_name_%d" % run_number in section
+
+
+def test_bench_tls_quick_reports_ratios_for_every_cell_and_the_handshake_cost(tmp_path):
+    output = tmp_path / "performance.md"
+    run = run_script("bench_tls.py", "--quick", "--requests", "300", "--connections", "10", "--max-seconds", "10",
+                     "--output", str(output), timeout=240)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert text.count("<!-- tls:begin -->") == 1
+    client = re.findall(r"^\| (SET|GET), -P (?:1|16) \| (\d+) \| (\d+) \| ([\d.]+)", text, re.M)
+    cluster = re.findall(r"^\| via the (leader|follower), -P (?:1|16) \| (\d+) \| (\d+) \| ([\d.]+) \| "
+                         r"[\d.]+ → [\d.]+ \|$", text, re.M)
+    assert len(client) == 4 and len(cluster) == 4, text
+    for _, plain, tls, ratio in client + cluster:
+        assert int(plain) > 0 and int(tls) > 0 and float(ratio) > 0
+    assert re.search(r"([\d.]+) ms plaintext, ([\d.]+) ms TLS", text), text

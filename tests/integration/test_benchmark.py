@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import Pki
 from tests.helpers import HOST, RawClient, free_port, geomys_command, wait_until
 
 pytestmark = pytest.mark.integration
@@ -42,6 +43,17 @@ def test_quiet_prints_one_line_per_test(server):
     for line in lines:
         _, rps, p50 = QUIET_LINE.match(line).groups()
         assert float(rps) > 0 and float(p50) > 0
+
+
+def test_tls_runs_over_the_tls_port(start_server, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    tls_port = free_port()
+    start_server(tls_port=tls_port, **pki.server_options(pki.issue("server")))
+    run = bench(tls_port, *SMALL, "-t", "set,get", "-q", "--tls", "--cacert", pki.ca_file)
+    assert run.returncode == 0, run.stderr
+    assert [QUIET_LINE.match(line).group(1) for line in run.stdout.splitlines()] == ["SET", "GET"]
+    plaintext = bench(tls_port, *SMALL, "-t", "ping", "-q")
+    assert plaintext.returncode == 1, plaintext
 
 
 def test_csv_has_every_column_and_no_errors(server):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.certs import Pki
 from tests.helpers import free_port, geomys_command, wait_until
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,22 @@ def test_one_shot_password_option_authenticates(start_server, cli_env):
     assert run_cli(server.port, "set", "k", "v", env=cli_env).returncode == 1
     result = run_cli(server.port, "-a", "secret", "set", "k", "v", env=cli_env)
     assert (result.returncode, result.stdout) == (0, "OK\n")
+
+
+def test_one_shot_over_tls_presents_the_client_certificate_given(start_server, cli_env, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    tls_port = free_port()
+    server = start_server(tls_port=tls_port, **pki.server_options(pki.issue("server"), tls_auth_clients="yes"))
+    client = pki.issue("client")
+    tls = ["--tls", "--cacert", pki.ca_file]
+    result = run_cli(tls_port, *tls, "--cert", client.cert_file, "--key", client.key_file, "set", "k", "v",
+                     env=cli_env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "OK\n", "")
+    assert server.call("GET", key="k")["value"] == "v"
+    refused = run_cli(tls_port, *tls, "get", "k", env=cli_env)   # no client certificate
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused
+    bad_file = run_cli(tls_port, "--tls", "--cacert", str(tmp_path / "none.pem"), "ping", env=cli_env)
+    assert bad_file.returncode == 2 and "none.pem" in bad_file.stderr
 
 
 def test_python_dash_m_runs_the_cli(server, cli_env):

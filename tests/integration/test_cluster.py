@@ -1,7 +1,8 @@
-"""A three-node cluster of real geomys processes on 127.0.0.1 (SPEC §5).
+"""A three-node cluster of real geomys processes on 127.0.0.1 (docs/cluster.md).
 
 Replication and INFO agreement, forwarded writes and blocking pops, joins,
-a lost majority, cluster_secret and the start-up errors of §3. Timings are
+a lost majority, cluster_secret and the start-up errors of docs/cluster.md
+("Ports and modes"). Timings are
 short (heartbeat 0.2 s, failure timeout 1 s); every wait is a bounded
 wait_until. Failures under load (kill -9, pauses, a join of more than 4 MB,
 catch-up past the backlog) live in tests/faults/test_cluster_faults.py.
@@ -11,8 +12,14 @@ import socket
 import threading
 import time
 
+import grpc
 import pytest
 
+from geomys.cluster import core, wire
+from geomys.cluster.log import Entry
+from geomys.cluster.pb import cluster_pb2 as pb
+from geomys.cluster.pb import cluster_pb2_grpc as pb_grpc
+from geomys.records import pack
 from tests.cluster_helpers import Cluster, WriteLoad, grpc_address
 from tests.helpers import ServerProcess, free_port, wait_until
 
@@ -282,12 +289,17 @@ def test_join_to_a_dead_address_exits_nonzero_with_a_clear_message(tmp_path):
 
 def test_duplicate_node_id_is_refused(make_cluster, tmp_path):
     cluster = make_cluster(2)
+    data_file = tmp_path / "twin.aof"
+    kept = b"GEOAOF" + b"earlier state that a refused join must not touch"
+    data_file.write_bytes(kept)
     twin = ServerProcess(tmp_path / "twin", node_id=2, join=grpc_address(cluster.nodes[1]),
-                         heartbeat_interval=0.2, failure_timeout=1.0)
+                         heartbeat_interval=0.2, failure_timeout=1.0, persistence="writethrough",
+                         persistence_path=str(data_file))
     try:
         twin.start(wait=False)
         assert wait_exit(twin) != 0
         assert "node id 2" in twin.log_text() and "already" in twin.log_text(), twin.log_text()
+        assert data_file.read_bytes() == kept
     finally:
         twin.cleanup()
     cluster.wait_members([1, 2])
@@ -314,3 +326,47 @@ def test_busy_grpc_port_exits_2(tmp_path):
             assert str(node.port + 1000) in node.log_text(), node.log_text()
         finally:
             node.cleanup()
+
+
+# -- bad messages from other nodes --------------------------------------------------------------
+
+def _exchange(cluster: Cluster, node_id: int, *messages) -> list:
+    """Send core messages on one Exchange stream to `node_id`; return the core messages it answers."""
+    with grpc.insecure_channel(grpc_address(cluster.nodes[node_id])) as channel:
+        answers = pb_grpc.ClusterStub(channel).Exchange(
+            iter([pb.Batch(messages=[m if isinstance(m, pb.Message) else wire.to_pb(m) for m in messages])]),
+            timeout=10)
+        return [wire.from_pb(m) for batch in answers for m in batch.messages]
+
+
+def _observable(info: dict) -> tuple:
+    return info["role"], info["term"], info["leader_id"], info["nodes"], info["commit_offset"], info["digest"]
+
+
+def test_messages_from_an_unknown_node_an_old_term_or_malformed_change_nothing_and_are_answered(cluster):
+    leader = cluster.wait_leader()
+    follower = followers_of(cluster, leader)[0]
+    cluster.write(leader, "SET", key="k", value="v")
+    cluster.wait_converged()
+    before = {n: _observable(cluster.info(n)) for n in cluster.running_ids()}
+    forged = (Entry(999, 99, pack(("SET", "forged", "x", None))),)
+
+    # A node the cluster does not know: refused, with the reason.
+    answers = _exchange(cluster, follower, core.Append(42, 99, 0, 0, forged, 999), core.NewLeader(42, 99))
+    assert [type(a) for a in answers] == [core.Rejected, core.Rejected]
+    assert "node 42" in answers[0].reason
+    # A member's id with a term older than the cluster's: the follower says its term and takes nothing.
+    term = cluster.info(follower)["term"]
+    answers = _exchange(cluster, follower, core.Append(leader, term - 1, 0, 0, forged, 999))
+    assert len(answers) == 1 and type(answers[0]) is core.AppendReply
+    assert not answers[0].ok and answers[0].term == term
+    # Bytes that are no message: the stream fails with INVALID_ARGUMENT.
+    with pytest.raises(grpc.RpcError) as refused:
+        _exchange(cluster, follower, pb.Message())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as refused:
+        _exchange(cluster, follower, pb.Message(append=pb.Append(src=leader, term=term, entries=b"\xc1")))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    assert {n: _observable(cluster.info(n)) for n in cluster.running_ids()} == before
+    assert cluster.write(follower, "EXISTS", key="forged")["value"] == 0

@@ -1,5 +1,6 @@
-"""A live server under at least 10,000 malformed frames (SPEC §1: nothing a client
-sends may crash the server, leak its thread, or change data it did not ask to).
+"""A live server under at least 10,000 malformed frames (docs/protocol.md, "Bad input":
+nothing a client sends may crash the server, leak its thread, or change data it did
+not ask to).
 
 A few client threads open many short connections at once. Each connection
 first pipelines frames the server answers with BAD_REQUEST and keeps the

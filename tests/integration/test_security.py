@@ -1,5 +1,5 @@
-"""Limits and security (SPEC §6) against real server processes, plus the two
-constant-time comparisons checked in-process.
+"""Limits and security (docs/reliability.md, "Limits and security") against real server
+processes, plus the two constant-time comparisons checked in-process.
 
 Covered here: the small request size allowed before AUTH, passwords and the
 cluster secret compared with hmac.compare_digest, cluster_secret enforced on

@@ -27,9 +27,9 @@ def wait_blocked(server, count: int) -> None:
     wait_until(lambda: blocked_clients(server) == count, timeout=10, message="%d blocked clients" % count)
 
 
-# The SPEC §2 walk-through, run against the in-process Engine and a real
+# The commands of docs/protocol.md walked through, run against the in-process Engine and a real
 # server alike: (command, fields, expected status/code/value).
-SPEC_WALK = [
+PROTOCOL_WALK = [
     ("PING", {}, ("OK", None, None)),
     ("SET", {"key": "c", "value": "1"}, ("OK", None, None)),
     ("SET", {"key": "c", "value": "2"}, ("ERROR", "KEY_EXISTS", None)),
@@ -75,7 +75,7 @@ def call(request, start_server):
 
 
 def test_the_spec_walk_through_gives_the_same_replies_on_engine_and_server(call):
-    for command, fields, (status, code, value) in SPEC_WALK:
+    for command, fields, (status, code, value) in PROTOCOL_WALK:
         reply = call(command, **fields)
         assert (reply["status"], reply.get("code"), reply.get("value")) == (status, code, value), \
             (command, fields, reply)

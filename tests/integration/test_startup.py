@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import Pki
 from tests.fakes import assert_error
 from tests.helpers import HOST, RawClient, free_port, geomys_command, wait_until
 
@@ -116,6 +117,31 @@ def test_a_busy_port_exits_2_with_one_line_on_stderr(env):
     (["--config", "/nonexistent/geomys.conf"], "/nonexistent/geomys.conf"),
 ], ids=["port", "max_clients", "persistence", "timeouts", "unknown", "missing-config"])
 def test_an_invalid_option_exits_2_with_one_line_on_stderr(env, args, mention):
+    assert_refused(run_to_exit(args, env), mention)
+
+
+@pytest.mark.parametrize("fault, mention", [
+    ("missing-cert", "missing.crt"),
+    ("unreadable-key", "key"),
+    ("mismatched-key", "does not match"),
+    ("ca-not-pem", "not a PEM file"),
+    ("ca-not-pem-cluster", "not a PEM file"),
+])
+def test_a_bad_tls_file_exits_2_with_one_line_on_stderr(env, tmp_path, fault, mention):
+    pki = Pki(tmp_path / "pki")
+    leaf = pki.issue("server")
+    files = {"--tls_cert_file": leaf.cert_file, "--tls_key_file": leaf.key_file, "--tls_ca_file": pki.ca_file}
+    if fault == "missing-cert":
+        files["--tls_cert_file"] = str(tmp_path / "missing.crt")
+    elif fault == "unreadable-key":
+        files["--tls_key_file"] = str(tmp_path)   # a folder: unreadable even for root
+    elif fault == "mismatched-key":
+        files["--tls_key_file"] = pki.issue("other").key_file
+    else:
+        files["--tls_ca_file"] = leaf.cert_file + ".txt"
+        Path(files["--tls_ca_file"]).write_text("not a certificate\n")
+    uses = ["--tls_cluster", "yes", "--bootstrap"] if fault.endswith("cluster") else ["--tls_port", str(free_port())]
+    args = ["--port", str(free_port(span=1000)), *uses, *[item for pair in files.items() for item in pair]]
     assert_refused(run_to_exit(args, env), mention)
 
 

@@ -2,7 +2,15 @@
 
 import pytest
 
-from geomys.cli import COMMANDS, UsageError, build_parser, help_text, parse_words, render_reply, split_line
+from geomys.cli import UsageError, build_parser, commands, help_text, parse_words, render_reply, split_line
+from geomys.commands import TABLE, CommandSpec
+from geomys.commands.table import Field, build_table, to_key, to_seconds
+
+COMMANDS = commands()
+
+
+def required_count(spec: CommandSpec) -> int:
+    return sum(1 for field in spec.fields if field.required)
 
 
 def request_for(line: str) -> dict:
@@ -34,7 +42,7 @@ def test_each_command_maps_its_words_to_request_fields(line, expected):
     assert request_for(line) == expected
 
 
-def test_every_server_command_of_the_spec_is_in_the_table():
+def test_every_command_of_the_server_table_has_cli_words():
     assert set(COMMANDS) == {"set", "get", "incr", "push", "lpop", "rpop", "blpop", "brpop", "llen",
                              "del", "exists", "flushdb", "info", "auth", "ping", "echo", "compact"}
 
@@ -83,10 +91,10 @@ def test_numeric_words_are_sent_as_given_for_the_server_to_validate():
     assert request_for("set k v soon")["exp"] == "soon"
 
 
-@pytest.mark.parametrize("name", sorted(name for name, usage in COMMANDS.items() if usage.required))
+@pytest.mark.parametrize("name", sorted(name for name, spec in COMMANDS.items() if required_count(spec)))
 def test_too_few_words_is_a_usage_error_naming_the_usage_line(name):
     usage = COMMANDS[name]
-    words = [name] + ["w"] * (len(usage.required) - 1)
+    words = [name] + ["w"] * (required_count(usage) - 1)
     with pytest.raises(UsageError) as info:
         parse_words(words)
     assert str(info.value) == "usage: " + usage.usage
@@ -95,7 +103,7 @@ def test_too_few_words_is_a_usage_error_naming_the_usage_line(name):
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_too_many_words_is_a_usage_error_naming_the_usage_line(name):
     usage = COMMANDS[name]
-    words = [name] + ["w"] * (len(usage.required) + len(usage.optional) + 1)
+    words = [name] + ["w"] * (len(usage.fields) + 1)
     with pytest.raises(UsageError) as info:
         parse_words(words)
     assert str(info.value) == "usage: " + usage.usage
@@ -106,6 +114,37 @@ def test_usage_lines_show_optional_words_in_brackets():
     assert COMMANDS["incr"].usage == "incr KEY [OFFSET]"
     assert COMMANDS["blpop"].usage == "blpop KEY TIMEOUT"
     assert COMMANDS["auth"].usage == "auth PASSWORD"
+
+
+def fake_hset(store, ctx, key, value, wait):
+    """HSETX key value [wait] -> OK (a command of this test only)."""
+
+
+def table_with_a_fake_command() -> dict:
+    """A copy of the server's table plus one command declared the way every command is."""
+    fake = CommandSpec("HSETX", fake_hset, (Field("key", to_key), Field("value", to_key, metavar="FIELD_VALUE"),
+                                            Field("wait", to_seconds, False, metavar="SECONDS")),
+                       frozenset(), "a command the CLI was never told about")
+    return build_table({spec.name: spec for spec in TABLE.values()}.values(), (fake,))
+
+
+def test_a_command_added_to_the_table_is_parsed_with_its_fields_and_optional_words():
+    table = table_with_a_fake_command()
+    assert parse_words(["hsetx", "k", "v"], table) == {"command": "HSETX", "key": "k", "value": "v"}
+    assert parse_words(["HSetX", "k", "v", "2"], table) == {"command": "HSETX", "key": "k", "value": "v",
+                                                            "wait": "2"}
+    with pytest.raises(UsageError) as info:
+        parse_words(["hsetx", "k"], table)
+    assert str(info.value) == "usage: hsetx KEY FIELD_VALUE [SECONDS]"
+    assert parse_words(["hsetx", "k", "v"]) == {"command": "hsetx"}   # the real table does not know it
+
+
+def test_a_command_added_to_the_table_is_in_help_with_its_usage_and_summary():
+    table = table_with_a_fake_command()
+    assert help_text(["hsetx"], table) == "hsetx KEY FIELD_VALUE [SECONDS]  a command the CLI was never told about"
+    listed = help_text([], table).splitlines()
+    assert sum(line.startswith("hsetx KEY FIELD_VALUE [SECONDS] ") for line in listed) == 1
+    assert len(listed) == len(help_text([]).splitlines()) + 1
 
 
 def test_unknown_command_word_is_sent_alone_as_typed():

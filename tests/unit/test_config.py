@@ -257,3 +257,56 @@ def test_repo_geomys_conf_parses_with_config():
     cfg = load("--config", str(REPO_CONF))
     assert cfg.config_file == str(REPO_CONF)
     assert cfg.mode == "standalone"
+
+
+# -- TLS options -------------------------------------------------------------------
+
+TLS_FILES = ("--tls_cert_file", "node.crt", "--tls_key_file", "node.key")
+
+
+def test_port_0_turns_plaintext_off_and_tls_port_takes_its_place_in_the_defaults():
+    cfg = load("--port", "0", "--tls_port", "6390", *TLS_FILES)
+    assert (cfg.port, cfg.tls_port, cfg.client_port) == (0, 6390, 6390)
+    assert (cfg.node_id, cfg.grpc_port) == (6390, 7390)
+
+
+def test_tls_options_default_to_off():
+    cfg = load()
+    assert (cfg.tls_port, cfg.tls_auth_clients, cfg.tls_cluster) == (None, "no", False)
+
+
+@pytest.mark.parametrize("argv, mentions", [
+    (["--port", "0"], ["tls_port"]),
+    (["--tls_port", "6390"], ["tls_cert_file"]),
+    (["--tls_port", "6390", "--tls_cert_file", "c"], ["tls_key_file"]),
+    (["--tls_cluster", "yes", "--bootstrap", *TLS_FILES], ["tls_ca_file"]),
+    (["--tls_auth_clients", "yes", *TLS_FILES, "--tls_ca_file", "ca"], ["tls_port"]),
+    (["--tls_auth_clients", "optional", "--tls_port", "6390", *TLS_FILES], ["tls_ca_file"]),
+    (["--tls_auth_clients", "sometimes"], ["tls_auth_clients"]),
+    (["--tls_port", "6379", *TLS_FILES], ["tls_port"]),
+    (["--tls_port", "7379", *TLS_FILES], ["grpc_port"]),
+])
+def test_tls_options_missing_what_they_need_exit_2(capsys, argv, mentions):
+    assert_exit_2(capsys, *argv, mentions=mentions)
+
+
+def test_tls_file_paths_expand_the_home_folder(isolated_home):
+    cfg = load("--tls_port", "6390", "--tls_cert_file", "~/c.pem", "--tls_key_file", "~/k.pem",
+               "--tls_ca_file", "~/ca.pem")
+    assert (cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file) == tuple(
+        str(isolated_home / name) for name in ("c.pem", "k.pem", "ca.pem"))
+
+
+def test_protected_mode_counts_required_client_certificates_as_authentication_only_without_plaintext(capsys):
+    tls_only = ("--tls_port", "6390", *TLS_FILES, "--tls_ca_file", "ca", "--tls_auth_clients", "yes")
+    assert load("--host", "0.0.0.0", "--port", "0", *tls_only).host == "0.0.0.0"
+    # The plaintext port would let a client in without any certificate.
+    assert_exit_2(capsys, "--host", "0.0.0.0", *tls_only, mentions=["0.0.0.0", "requirepass"])
+    # optional lets a client without a certificate in.
+    assert_exit_2(capsys, "--host", "0.0.0.0", "--port", "0", *tls_only[:-1], "optional", mentions=["0.0.0.0"])
+
+
+def test_protected_mode_counts_tls_cluster_as_peer_authentication(capsys):
+    node = ("--host", "0.0.0.0", "--requirepass", "pw", "--bootstrap", *TLS_FILES, "--tls_ca_file", "ca")
+    assert load(*node, "--tls_cluster", "yes").tls_cluster
+    assert_exit_2(capsys, *node, mentions=["0.0.0.0", "cluster_secret", "tls_cluster"])

@@ -1,7 +1,7 @@
 """A Hypothesis state machine that runs commands through Engine.execute against a model.
 
 The model is a dict (key -> string or collections.deque) and a dict of expiry
-times, written from SPEC §2 rather than from the code: SET never overwrites;
+times, written from docs/protocol.md rather than from the code: SET never overwrites;
 INCR keeps a decimal string and the key's TTL, fails with NOT_INTEGER on
 anything but a signed 64-bit decimal and with OVERFLOW past 2**63-1, changing
 nothing; a list that becomes empty disappears; strings and lists share one
@@ -190,7 +190,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def sweep_expired_keys(self):
         self.h.engine.sweep_expired()
-        # Nothing expired stays in memory after a sweep (SPEC: expired keys do not pile up).
+        # Nothing expired stays in memory after a sweep (docs/protocol.md, SET: expired keys do not pile up).
         assert len(self.h.store) == len(self.data)
 
     @invariant()

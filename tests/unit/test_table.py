@@ -1,4 +1,4 @@
-"""The command table as data: every command of SPEC §2 is declared once, with a
+"""The command table as data: every command of docs/protocol.md is declared once, with a
 documented handler, sane flags and fields; and the argument converters.
 """
 
@@ -11,10 +11,10 @@ from geomys.commands.table import (BLOCKING, NOAUTH, NOLOCK, WRITE, CommandSpec,
                                    to_key, to_offset, to_seconds, to_str, to_ttl_ms)
 from geomys.errors import BadRequest
 
-SPEC_COMMANDS = {"PING", "ECHO", "SET", "GET", "INCR", "PUSH", "LPOP", "RPOP", "BLPOP", "BRPOP", "LLEN",
+DOCUMENTED_COMMANDS = {"PING", "ECHO", "SET", "GET", "INCR", "PUSH", "LPOP", "RPOP", "BLPOP", "BRPOP", "LLEN",
                  "DEL", "EXISTS", "FLUSHDB", "INFO", "AUTH", "COMPACT"}
 WRITES = {"SET", "INCR", "PUSH", "LPOP", "RPOP", "BLPOP", "BRPOP", "DEL", "FLUSHDB"}
-SPEC_FIELDS = {"key", "value", "message", "offset", "exp", "timeout"}
+DOCUMENTED_FIELDS = {"key", "value", "message", "offset", "exp", "timeout"}
 
 SPECS = sorted({spec.name: spec for spec in TABLE.values()}.values(), key=lambda s: s.name)
 
@@ -23,8 +23,8 @@ def spec_id(spec):
     return spec.name
 
 
-def test_every_command_of_the_spec_is_in_the_table():
-    assert SPEC_COMMANDS <= {spec.name for spec in SPECS}
+def test_every_documented_command_is_in_the_table():
+    assert DOCUMENTED_COMMANDS <= {spec.name for spec in SPECS}
 
 
 def test_each_command_is_found_by_its_upper_and_lower_case_name():
@@ -40,8 +40,11 @@ def test_every_handler_has_a_docstring_whose_first_line_is_its_usage(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
-def test_every_spec_has_a_summary_naming_the_command(spec):
-    assert spec.summary.lower().startswith(spec.name.lower())
+def test_every_spec_has_a_summary_and_a_usage_line_of_its_fields(spec):
+    assert spec.summary and not spec.summary.lower().startswith(spec.name.lower() + " ")
+    words = spec.usage.split()
+    assert words[0] == spec.name.lower() and len(words) == 1 + len(spec.fields)
+    assert [word.startswith("[") for word in words[1:]] == [not field.required for field in spec.fields]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
@@ -52,10 +55,10 @@ def test_handlers_take_the_store_the_context_and_one_argument_per_field(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
-def test_fields_are_spec_fields_with_converters_and_required_ones_first(spec):
+def test_fields_are_documented_fields_with_converters_and_required_ones_first(spec):
     names = [field.name for field in spec.fields]
     assert len(names) == len(set(names))
-    assert set(names) <= SPEC_FIELDS
+    assert set(names) <= DOCUMENTED_FIELDS
     assert all(callable(field.convert) for field in spec.fields)
     required = [field.required for field in spec.fields]
     assert required == sorted(required, reverse=True)
