@@ -21,6 +21,8 @@ from typing import Optional
 
 import configargparse
 
+from . import __version__
+
 DEFAULT_CONFIG_FILE = "~/.geomys/geomys.conf"
 
 PERSISTENCE_MODES = {
@@ -107,14 +109,15 @@ class Option:
     default: object
     help: str
     flag: bool = False
+    shown_default: Optional[str] = None   # how --help names a default computed from other options
 
 
 OPTIONS = (
-    Option("node_id", int, None, "this node's integer id (default: the client port)"),
+    Option("node_id", int, None, "this node's integer id", shown_default="the client port"),
     Option("port", _port, 6379, "client port"),
     Option("host", str, "127.0.0.1", "address to bind the client and cluster ports to"),
-    Option("grpc_port", _port, None, "cluster (gRPC) port (default: port + 1000)"),
-    Option("advertise_host", str, None, "address other nodes dial to reach this one (default: host)"),
+    Option("grpc_port", _port, None, "cluster (gRPC) port", shown_default="port + 1000"),
+    Option("advertise_host", str, None, "address other nodes dial to reach this one", shown_default="host"),
     Option("bootstrap", _bool, False, "start a new cluster with this node as its leader", flag=True),
     Option("join", _address, None, "HOST:GRPC_PORT of any member of the cluster to join"),
     Option("persistence", _persistence, "none", "none, writethrough or buffered (append-only file)"),
@@ -206,11 +209,13 @@ def build_parser(default_config_files=(DEFAULT_CONFIG_FILE,)) -> configargparse.
         args_for_setting_config_path=["--config", "-config"],
         config_arg_help_message="config file (default: %s if it exists)" % DEFAULT_CONFIG_FILE,
     )
+    parser.add_argument("--version", "-version", action="version", version="geomys %s" % __version__,
+                        help="print the version and exit")
     for opt in OPTIONS:
         names = ["-" + opt.name, "--" + opt.name]
         if "_" in opt.name:
             names.append("--" + opt.name.replace("_", "-"))
-        kwargs = dict(dest=opt.name, help="%s (default: %s)" % (opt.help, opt.default))
+        kwargs = dict(dest=opt.name, help="%s (default: %s)" % (opt.help, _shown_default(opt)))
         if opt.flag:
             # `-bootstrap` alone, or `bootstrap = yes` in the file / GEOMYS_BOOTSTRAP=yes.
             kwargs.update(nargs="?", const=True, default=False, type=opt.parse, metavar="yes|no")
@@ -218,6 +223,15 @@ def build_parser(default_config_files=(DEFAULT_CONFIG_FILE,)) -> configargparse.
             kwargs.update(type=opt.parse, default=opt.default)
         parser.add_argument(*names, **kwargs)
     return parser
+
+
+def _shown_default(opt: Option) -> str:
+    """The default as --help shows it: computed ones named in words, yes/no for switches, "not set" for none."""
+    if opt.shown_default is not None:
+        return opt.shown_default
+    if type(opt.default) is bool:
+        return "yes" if opt.default else "no"
+    return "not set" if opt.default is None else str(opt.default)
 
 
 def load(argv=None, environ=None) -> Config:
