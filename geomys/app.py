@@ -13,10 +13,9 @@ from typing import Optional
 from . import __version__, config as config_mod, records
 from .aof import AofError, AppendOnlyFile, repair
 from .clock import SystemClock
-from .cluster.node import ClusterNode, JoinError
-from .cluster.service import PortUnavailable, start_grpc_server
 from .config import Config
 from .engine import Engine
+from .memory import format_size, rss_bytes
 from .net import GeomysServer
 from .store import Store
 
@@ -24,6 +23,10 @@ logger = logging.getLogger("geomys")
 
 SWEEP_INTERVAL_SECONDS = 0.1
 SWEEP_BATCH = 1000
+
+
+class StartError(Exception):
+    """The node could not start (a cluster port, a join); the message is shown to the user."""
 
 
 class _NodeIdFilter(logging.Filter):
@@ -67,13 +70,16 @@ class GeomysNode:
     def start(self) -> None:
         """Open and replay the AOF, join or found a cluster, bind the port, start serving.
 
-        Raises OSError (the client port), PortUnavailable (the cluster port),
-        AofError (the file) or JoinError (the cluster).
+        Raises OSError (the client port), AofError (the file) or StartError
+        (the cluster port, the join).
         """
         config = self.config
+        # Taken before any key is loaded: what the process holds besides its data.
+        self.engine.set_max_memory(config.max_memory, rss_bytes())
         if config.persistence != "none":
             # A joining node takes the leader's state, so its old file is not replayed.
             self._open_aof(replay=config.mode != "join")
+        self._warn_if_over_max_memory()
         self.server = GeomysServer((config.host, config.port), self.engine,
                                    config.max_clients, config.max_request_bytes)
         self.engine.add_info_source(self._info)
@@ -85,18 +91,34 @@ class GeomysNode:
         logger.info("Geomys %s started: node %d serving clients on %s:%d (persistence=%s)",
                     __version__, config.node_id, config.host, config.port, config.persistence)
 
+    def _warn_if_over_max_memory(self) -> None:
+        """Say so when the data loaded already fills max_memory: reads are served, writes get OOM."""
+        used, limit = self.engine.used_memory(), self.config.max_memory
+        if limit and used >= limit:
+            logger.warning("memory in use (%s) is at or above max_memory (%s): serving reads, answering "
+                           "commands that add data with OOM until keys are deleted",
+                           format_size(used), format_size(limit))
+
     def _start_cluster(self) -> None:
+        # Imported here: a standalone server never loads gRPC (a third of its
+        # start-up time and memory, docs/deploy.md).
+        from .cluster.node import ClusterNode, JoinError
+        from .cluster.service import PortUnavailable, start_grpc_server
+
         config = self.config
         self.cluster = ClusterNode(config, self.engine)
-        self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port, config.cluster_secret,
-                                             config.max_request_bytes + (4 << 20))
-        self.engine.add_sink(self.cluster)
-        self.engine.add_info_source(self.cluster.info)
-        if config.mode == "bootstrap":
-            self.cluster.bootstrap()
-            self.cluster.start()
-        else:
-            self.cluster.join()
+        try:
+            self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port,
+                                                 config.cluster_secret, config.max_request_bytes + (4 << 20))
+            self.engine.add_sink(self.cluster)
+            self.engine.add_info_source(self.cluster.info)
+            if config.mode == "bootstrap":
+                self.cluster.bootstrap()
+                self.cluster.start()
+            else:
+                self.cluster.join()
+        except (JoinError, PortUnavailable) as exc:
+            raise StartError(str(exc)) from exc
 
     def _open_aof(self, replay: bool = True) -> None:
         config = self.config
@@ -181,7 +203,7 @@ def main(argv=None) -> None:
         node.start()
     except OSError as exc:
         _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
-    except (AofError, JoinError, PortUnavailable) as exc:
+    except (AofError, StartError) as exc:
         _fail(str(exc))
     signal.sigwait(stop_signals)
     logger.info("stop requested; shutting down")

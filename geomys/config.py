@@ -22,6 +22,7 @@ from typing import Optional
 import configargparse
 
 from . import __version__
+from .memory import parse_size
 
 DEFAULT_CONFIG_FILE = "~/.geomys/geomys.conf"
 
@@ -83,6 +84,10 @@ def _log_level(text) -> str:
     return level
 
 
+def _size(text) -> int:
+    return parse_size(text)
+
+
 def _address(text) -> str:
     host, sep, port = str(text).rpartition(":")
     if not sep or not host:
@@ -98,6 +103,7 @@ _bool.__name__ = "yes/no"
 _persistence.__name__ = "persistence mode"
 _log_level.__name__ = "log level"
 _address.__name__ = "HOST:PORT"
+_size.__name__ = "size"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,9 @@ OPTIONS = (
            "refuse a non-loopback host without requirepass (and a cluster node there without cluster_secret)"),
     Option("max_request_bytes", _positive_int, 64 * 1024 * 1024, "largest request accepted, in bytes"),
     Option("max_clients", _positive_int, 10000, "most client connections at once"),
+    Option("max_memory", _size, 0,
+           "answer commands that add data with OOM once memory in use reaches this size (kb, mb, gb)",
+           shown_default="0, no limit"),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Option("log_file", str, None, "write the log to this file instead of stderr"),
 )
@@ -177,6 +186,7 @@ class Config:
     protected_mode: bool
     max_request_bytes: int
     max_clients: int
+    max_memory: int
     log_level: str
     log_file: Optional[str]
     config_file: Optional[str] = None

@@ -8,7 +8,7 @@ key and calls them again when a PUSH wakes it.
 from collections import deque
 
 from ..errors import NotFound, WrongType, describe_key
-from .table import BLOCKING, OK, WRITE, CommandSpec, Field, to_key, to_seconds, to_str
+from .table import BLOCKING, DENYOOM, OK, WRITE, CommandSpec, Field, to_key, to_seconds, to_str
 
 
 def _list_at(store, ctx, key):
@@ -69,7 +69,7 @@ _KEY = Field("key", to_key)
 _TIMEOUT = Field("timeout", to_seconds)
 
 SPECS = (
-    CommandSpec("PUSH", push, (_KEY, Field("value", to_str)), frozenset({WRITE}),
+    CommandSpec("PUSH", push, (_KEY, Field("value", to_str)), frozenset({WRITE, DENYOOM}),
                 "push KEY VALUE: append VALUE at the rear of a list"),
     CommandSpec("LPOP", lpop, (_KEY,), frozenset({WRITE}), "lpop KEY: remove and return the first element"),
     CommandSpec("RPOP", rpop, (_KEY,), frozenset({WRITE}), "rpop KEY: remove and return the last element"),
