@@ -5,6 +5,7 @@ order in which they start and stop; the main thread only waits for a signal.
 """
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from .config import Config
 from .engine import Engine
 from .memory import format_size, rss_bytes
 from .net import GeomysServer
+from .notify import notify
 from .store import Store
 
 logger = logging.getLogger("geomys")
@@ -205,8 +207,10 @@ def main(argv=None) -> None:
         _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
     except (AofError, StartError) as exc:
         _fail(str(exc))
+    notify("READY=1", "STATUS=serving clients on %s:%d" % (config.host, config.port), "MAINPID=%d" % os.getpid())
     signal.sigwait(stop_signals)
     logger.info("stop requested; shutting down")
+    notify("STOPPING=1")
     node.stop()
     sys.exit(0)
 
