@@ -5,7 +5,6 @@ order in which they start and stop; the main thread only waits for a signal.
 """
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -207,7 +206,7 @@ def main(argv=None) -> None:
         _fail("cannot listen on %s:%d: %s" % (config.host, config.port, exc.strerror or exc))
     except (AofError, StartError) as exc:
         _fail(str(exc))
-    notify("READY=1", "STATUS=serving clients on %s:%d" % (config.host, config.port), "MAINPID=%d" % os.getpid())
+    notify("READY=1", "STATUS=serving clients on %s:%d" % (config.host, config.port))
     signal.sigwait(stop_signals)
     logger.info("stop requested; shutting down")
     notify("STOPPING=1")

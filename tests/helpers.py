@@ -147,7 +147,10 @@ def process_threads(pid: int) -> int:
 class ServerProcess:
     """One `geomys` process started by a test, with its own config file and log."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None, **options) -> None:
+    def __init__(self, workdir: Path, port: Optional[int] = None, command: Optional[list] = None,
+                 **options) -> None:
+        """`command` replaces the installed `geomys` (the single executable, say)."""
+        self.command = command or geomys_command()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(span=1000)
@@ -168,7 +171,7 @@ class ServerProcess:
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("GEOMYS_PORT", None)
         self.proc = subprocess.Popen(
-            geomys_command() + ["--config", str(self.config_path), *extra_args],
+            self.command + ["--config", str(self.config_path), *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
             preexec_fn=preexec_fn)
         if wait:

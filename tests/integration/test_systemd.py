@@ -86,7 +86,7 @@ def test_ready_is_sent_once_clients_are_served_and_stopping_on_sigterm(tmp_path,
     server = ServerProcess(tmp_path / "node").start(wait=False, env={"NOTIFY_SOCKET": address})
     try:
         ready = fields_of(sock.recv(4096))
-        assert ready["READY"] == "1" and ready["MAINPID"] == str(server.proc.pid)
+        assert ready["READY"] == "1"
         assert str(server.port) in ready["STATUS"]
         assert server.call("PING")["message"] == "PONG"   # at once: no wait after READY=1
         server.proc.send_signal(signal.SIGTERM)
