@@ -8,6 +8,7 @@ writethrough data over a restart, run the benchmark and stop on SIGTERM with 0.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,24 @@ def test_a_writethrough_restart_keeps_the_data(machine, start_node, tmp_path):
     again = start_node(port=port, persistence="writethrough", persistence_path=path)
     assert [again.call("GET", key="k%d" % i).get("value") for i in range(50)] == ["v%d" % i for i in range(50)]
     assert again.stop() == 0
+
+
+def test_deploy_figures_reports_parsable_figures_of_the_executable(machine, tmp_path):
+    output = tmp_path / "deploy.md"
+    output.write_text("prose\n\n<!-- deploy_figures:begin -->\nold\n<!-- deploy_figures:end -->\n")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy_figures.py"), "--binary",
+                          str(machine.binary), "--keys", "2000", "--starts", "1", "--output", str(output)],
+                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert text.startswith("prose\n") and "old" not in text
+    size = re.search(r"^\| size of dist/geomys \| ([\d.]+) MiB \|", text, re.M)
+    assert size and float(size.group(1)) == pytest.approx(machine.binary.stat().st_size / (1 << 20), abs=0.05)
+    start = re.search(r"^\| start to first PING, dist/geomys: median of 1 \| ([\d.]+) s", text, re.M)
+    assert start and float(start.group(1)) > 0
+    cluster = re.search(r"^\| idle RSS, each node of a three-node cluster \| ([\d.]+) MiB / ([\d.]+) MiB / "
+                        r"([\d.]+) MiB \|", text, re.M)
+    assert cluster and all(float(rss) > 1 for rss in cluster.groups())
+    ooms = re.findall(r"^\| max_memory 64\.0 MiB, \d+-byte values written until OOM: .*\(([\d,]+) keys\)", text,
+                      re.M)
+    assert len(ooms) == 2 and all(int(keys.replace(",", "")) > 0 for keys in ooms)
