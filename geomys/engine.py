@@ -9,6 +9,7 @@ client sees a write before it is durable (writethrough) or replicated.
 
 import hmac
 import logging
+import sys
 import threading
 from typing import Callable, Optional, Protocol
 
@@ -31,6 +32,9 @@ DIGEST_BATCH = 2000
 # Most plain commands run per hold of the store lock: a long pipeline must not
 # keep other clients waiting for long.
 LOCK_BATCH = 64
+
+# The data limit when max_memory is 0: an int, which compares faster than infinity.
+NO_LIMIT = sys.maxsize
 
 # How often a blocked client checks that its connection is still open, so a
 # BLPOP with no timeout does not outlive its client.
@@ -100,7 +104,7 @@ class Engine:
         self.baseline_bytes = 0
         # The store's used_bytes at which commands flagged DENYOOM get OOM; a
         # plain number so the check costs one comparison and no system call.
-        self._data_limit = float("inf")
+        self._data_limit = NO_LIMIT
         self._oom_reply: dict = {}
 
     # -- wiring --------------------------------------------------------------
@@ -126,7 +130,7 @@ class Engine:
         """
         self.max_memory = max_memory
         self.baseline_bytes = baseline_bytes
-        self._data_limit = max_memory - baseline_bytes if max_memory else float("inf")
+        self._data_limit = max_memory - baseline_bytes if max_memory else NO_LIMIT
         self._oom_reply = error_reply(OutOfMemory(
             "memory in use reached max_memory (%s): commands that add data are refused; "
             "DEL, LPOP, RPOP or FLUSHDB free memory" % format_size(max_memory)))

@@ -60,6 +60,7 @@ def test_rss_is_read_from_proc():
 def test_the_estimate_counts_keys_values_and_ttls_and_returns_to_zero():
     store = Store()
     store.put("k", "value")
+    # ASCII text is counted at its exact object size, plus the dict slot.
     assert store.used_bytes == sys.getsizeof("k") + sys.getsizeof("value") + ENTRY_OVERHEAD
     store.put("k", "value", 123)
     assert store.used_bytes == entry_bytes("k", "value") + TTL_OVERHEAD
