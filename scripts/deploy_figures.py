@@ -228,11 +228,11 @@ def render(size: int, starts: dict, idle: dict, loaded: dict, ooms: list, import
         "| start to first PING, dist/geomys: median of %d | %s | ≤ 1 s |" % (len(starts["binary"]),
                                                                           spread(starts["binary"])),
         "| ... CPU time it took (user + system, bootloader and server) | %s | |" % spread(starts["binary_cpu"]),
-        "| ... of which unpacking and Python's start (`geomys --version`, wall) | %s | |"
+        "| `dist/geomys --version`: unpacking and Python's start alone (wall) | %s | |"
         % spread(starts["binary_version"]),
         "| start to first PING, pip-installed geomys | %s | |" % spread(starts["installed"]),
         "| ... CPU time it took | %s | |" % spread(starts["installed_cpu"]),
-        "| ... `geomys --version` (wall) | %s | |" % spread(starts["installed_version"]),
+        "| pip-installed `geomys --version` (wall) | %s | |" % spread(starts["installed_version"]),
         "| idle RSS, one standalone node | %s | ≤ 40 MiB |" % mib(idle["standalone"]),
         "| idle RSS, each node of a three-node cluster | %s | ≤ 40 MiB |"
         % " / ".join(mib(rss) for rss in idle["cluster"]),
