@@ -117,26 +117,47 @@ def test_a_server_without_notify_socket_runs_as_before(tmp_path):
         server.cleanup()
 
 
-@pytest.mark.parametrize("layout", ["parent-is-a-file", "path-is-a-folder"])
+def without_root_powers() -> list:
+    """A command prefix under which even root obeys file permissions (util-linux's setpriv)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv, which could make a folder unwritable to root")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("layout", ["parent-is-a-file", "path-is-a-folder", "unwritable"])
 def test_a_broken_data_folder_is_one_line_and_a_nonzero_exit_touching_nothing(tmp_path, notify_socket, layout):
     address, sock = notify_socket
     data = tmp_path / "data"
     data.mkdir()
     (data / "keep").write_bytes(b"data of another program")
+    prefix = []
     if layout == "parent-is-a-file":
         path = data / "keep" / "persistence.db"
-    else:
+    elif layout == "path-is-a-folder":
         path = data
+    else:
+        path = data / "keep"   # an existing file in a folder the server may not write to
+        prefix = without_root_powers()
+        data.chmod(0o555)
+        path.chmod(0o444)
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
-    result = subprocess.run(
-        geomys_command() + ["--port", str(free_port(span=1000)), "--persistence", "writethrough", "--persistence_path", str(path)],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-        env=dict(os.environ, HOME=str(tmp_path), NOTIFY_SOCKET=address))
+    try:
+        result = subprocess.run(
+            prefix + geomys_command() + ["--port", str(free_port(span=1000)), "--persistence", "writethrough",
+                                         "--persistence_path", str(path)],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, HOME=str(tmp_path), NOTIFY_SOCKET=address))
+    finally:
+        data.chmod(0o755)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], result.stderr
-    assert lines[0].endswith({"parent-is-a-file": "is not a folder", "path-is-a-folder": "Is a directory"}[layout])
+    assert lines[0].endswith({"parent-is-a-file": "is not a folder", "path-is-a-folder": "Is a directory",
+                              "unwritable": "Permission denied"}[layout])
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in data.iterdir()) == ["keep"]   # no lock file, no temporary file left
     sock.settimeout(0.5)
     with pytest.raises(socket.timeout):   # never READY: systemd sees a failed start
         sock.recv(4096)
