@@ -8,6 +8,7 @@ every write and fsync; COMPACT handlers and the `aof-compactor` thread run
 describes the format and the guarantees.
 """
 
+import errno
 import fcntl
 import logging
 import mmap
@@ -251,7 +252,11 @@ class AppendOnlyFile:
     def open(self) -> None:
         """Create the parent folder, take the lock file, open (or create) the data file."""
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            folder = os.path.dirname(self.path) or "."
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                # makedirs would say "File exists", which reads as if all were well.
+                raise NotADirectoryError(errno.ENOTDIR, "%s is not a folder" % folder)
+            os.makedirs(folder, exist_ok=True)
             self._lock_fd = _take_lock(self.path)
             for stale in (self._compact_tmp_path, self._empty_tmp_path):
                 if os.path.exists(stale):

@@ -14,11 +14,11 @@ from typing import Optional
 from . import __version__, config as config_mod, records
 from .aof import AofError, AppendOnlyFile, repair
 from .clock import SystemClock
-from .cluster.node import ClusterNode, JoinError
-from .cluster.service import PortUnavailable, start_grpc_server
 from .config import Config
 from .engine import Engine
+from .memory import format_size, rss_bytes
 from .net import ClientSlots, GeomysServer
+from .notify import notify
 from .store import Store
 from .tls import ServerTls, TlsError, TlsFiles
 
@@ -30,6 +30,10 @@ SWEEP_BATCH = 1000
 
 class ListenError(Exception):
     """A client port cannot be bound; the message says which and why."""
+
+
+class StartError(Exception):
+    """The node could not start (a cluster port, a join); the message is shown to the user."""
 
 
 class _NodeIdFilter(logging.Filter):
@@ -67,7 +71,7 @@ class GeomysNode:
         self.server: Optional[GeomysServer] = None       # plaintext clients (none if port = 0)
         self.tls_server: Optional[GeomysServer] = None   # TLS clients (tls_port)
         self.tls: Optional[ServerTls] = None
-        self.cluster: Optional[ClusterNode] = None
+        self.cluster = None        # a ClusterNode when this node is part of a cluster
         self.grpc_server = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -76,10 +80,11 @@ class GeomysNode:
         """Open and replay the AOF, join or found a cluster, bind the port, start serving.
 
         Raises TlsError (a certificate, key or CA file), ListenError (a
-        client port), PortUnavailable (the cluster port), AofError (the file) or
-        JoinError (the cluster).
+        client port), AofError (the file) or StartError (the cluster port, the join).
         """
         config = self.config
+        # Taken before any key is loaded: what the process holds besides its data.
+        self.engine.set_max_memory(config.max_memory, rss_bytes())
         if config.tls_port is not None or config.tls_cluster:
             # First: a bad file must stop the start before anything is touched.
             self.tls = ServerTls(TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_ca_file),
@@ -91,6 +96,7 @@ class GeomysNode:
                 self._start_aof(replay=True)
             # A joining node takes the leader's state: its file is emptied only once
             # the cluster has accepted it (a refused join leaves the file as it was).
+        self._warn_if_over_max_memory()
         slots = ClientSlots(config.max_clients)
         if config.port:
             self.server = self._listen(config.port, None, slots)
@@ -105,7 +111,7 @@ class GeomysNode:
             if server is not None:
                 self._spawn(name, lambda server=server: server.serve_forever(poll_interval=0.1))
         logger.info("Geomys %s started: node %d serving clients on %s (persistence=%s)",
-                    __version__, config.node_id, self._listening(), config.persistence)
+                    __version__, config.node_id, self.listening(), config.persistence)
 
     def _listen(self, port: int, tls: Optional[ServerTls], slots: ClientSlots) -> GeomysServer:
         """Bind one client port; ListenError names it if that fails."""
@@ -116,7 +122,8 @@ class GeomysNode:
         except OSError as exc:
             raise ListenError("cannot listen on %s:%d: %s" % (config.host, port, exc.strerror or exc)) from None
 
-    def _listening(self) -> str:
+    def listening(self) -> str:
+        """Where clients connect, for the log and systemd's status line."""
         config = self.config
         ports = (["%s:%d" % (config.host, config.port)] if config.port else []) + (
             ["%s:%d (TLS)" % (config.host, config.tls_port)] if config.tls_port is not None else [])
@@ -135,21 +142,37 @@ class GeomysNode:
         logger.info("TLS certificate reloaded from %s (expires %s)",
                     self.config.tls_cert_file, self.tls.info()["cert_expires"])
 
+    def _warn_if_over_max_memory(self) -> None:
+        """Say so when the data loaded already fills max_memory: reads are served, writes get OOM."""
+        used, limit = self.engine.used_memory(), self.config.max_memory
+        if limit and used >= limit:
+            logger.warning("memory in use (%s) is at or above max_memory (%s): serving reads, answering "
+                           "commands that add data with OOM until keys are deleted",
+                           format_size(used), format_size(limit))
+
     def _start_cluster(self) -> None:
+        # Imported here: a standalone server never loads gRPC, which is most of
+        # a cluster node's import time and some 19 MiB of its memory (docs/deploy.md).
+        from .cluster.node import ClusterNode, JoinError
+        from .cluster.service import PortUnavailable, start_grpc_server
+
         config = self.config
         cluster_tls = self.tls if config.tls_cluster else None
         self.cluster = ClusterNode(config, self.engine,
                                    channel_credentials=cluster_tls and cluster_tls.grpc_channel_credentials())
-        self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port, config.cluster_secret,
-                                             config.max_request_bytes + (4 << 20),
-                                             credentials=cluster_tls and cluster_tls.grpc_server_credentials())
-        self.engine.add_info_source(self.cluster.info)
-        if config.mode == "bootstrap":
-            self.engine.add_sink(self.cluster)
-            self.cluster.bootstrap()
-            self.cluster.start()
-        else:
-            self.cluster.join(prepare=self._accepted)
+        try:
+            self.grpc_server = start_grpc_server(self.cluster, config.host, config.grpc_port, config.cluster_secret,
+                                                 config.max_request_bytes + (4 << 20),
+                                                 credentials=cluster_tls and cluster_tls.grpc_server_credentials())
+            self.engine.add_info_source(self.cluster.info)
+            if config.mode == "bootstrap":
+                self.engine.add_sink(self.cluster)
+                self.cluster.bootstrap()
+                self.cluster.start()
+            else:
+                self.cluster.join(prepare=self._accepted)
+        except (JoinError, PortUnavailable) as exc:
+            raise StartError(str(exc)) from exc
 
     def _accepted(self) -> None:
         """The cluster took this joining node: start the file afresh, then follow the cluster's state."""
@@ -250,11 +273,13 @@ def main(argv=None) -> None:
     node = GeomysNode(config)
     try:
         node.start()
-    except (TlsError, ListenError, AofError, JoinError, PortUnavailable) as exc:
+    except (TlsError, ListenError, AofError, StartError) as exc:
         _fail(str(exc))
+    notify("READY=1", "STATUS=serving clients on %s" % node.listening())
     while signal.sigwait(stop_signals | {signal.SIGHUP}) == signal.SIGHUP:
         node.reload_tls()
     logger.info("stop requested; shutting down")
+    notify("STOPPING=1")
     node.stop()
     sys.exit(0)
 

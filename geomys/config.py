@@ -27,6 +27,8 @@ from typing import Optional
 
 import configargparse
 
+from . import __version__
+from .memory import parse_size
 from .tls import AUTH_CLIENTS
 
 DEFAULT_CONFIG_FILE = "~/.geomys/geomys.conf"
@@ -107,6 +109,10 @@ def _log_level(text) -> str:
     return level
 
 
+def _size(text) -> int:
+    return parse_size(text)
+
+
 def _address(text) -> str:
     host, sep, port = str(text).rpartition(":")
     if not sep or not host:
@@ -124,6 +130,7 @@ _bool.__name__ = "yes/no"
 _persistence.__name__ = "persistence mode"
 _log_level.__name__ = "log level"
 _address.__name__ = "HOST:PORT"
+_size.__name__ = "size"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +142,16 @@ class Option:
     default: object
     help: str
     flag: bool = False
+    shown_default: Optional[str] = None   # how --help names a default computed from other options
 
 
 OPTIONS = (
-    Option("node_id", int, None, "this node's integer id (default: the client port)"),
+    Option("node_id", int, None, "this node's integer id", shown_default="the client port"),
     Option("port", _port_or_off, 6379, "plaintext client port (0: none, clients use tls_port)"),
     Option("host", str, "127.0.0.1", "address to bind the client and cluster ports to"),
-    Option("grpc_port", _port, None, "cluster (gRPC) port (default: port + 1000, or tls_port + 1000 if port = 0)"),
-    Option("advertise_host", str, None, "address other nodes dial to reach this one (default: host)"),
+    Option("grpc_port", _port, None, "cluster (gRPC) port",
+           shown_default="port + 1000, or tls_port + 1000 if port = 0"),
+    Option("advertise_host", str, None, "address other nodes dial to reach this one", shown_default="host"),
     Option("bootstrap", _bool, False, "start a new cluster with this node as its leader", flag=True),
     Option("join", _address, None, "HOST:GRPC_PORT of any member of the cluster to join"),
     Option("persistence", _persistence, "none", "none, writethrough or buffered (append-only file)"),
@@ -177,6 +186,9 @@ OPTIONS = (
     Option("tls_cluster", _bool, False, "calls between nodes over mutual TLS, each side checked against tls_ca_file"),
     Option("max_request_bytes", _positive_int, 64 * 1024 * 1024, "largest request accepted, in bytes"),
     Option("max_clients", _positive_int, 10000, "most client connections at once"),
+    Option("max_memory", _size, 0,
+           "answer commands that add data with OOM once memory in use reaches this size (kb, mb, gb)",
+           shown_default="0, no limit"),
     Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Option("log_file", str, None, "write the log to this file instead of stderr"),
 )
@@ -216,6 +228,7 @@ class Config:
     tls_cluster: bool
     max_request_bytes: int
     max_clients: int
+    max_memory: int
     log_level: str
     log_file: Optional[str]
     config_file: Optional[str] = None
@@ -253,11 +266,13 @@ def build_parser(default_config_files=(DEFAULT_CONFIG_FILE,)) -> configargparse.
         args_for_setting_config_path=["--config", "-config"],
         config_arg_help_message="config file (default: %s if it exists)" % DEFAULT_CONFIG_FILE,
     )
+    parser.add_argument("--version", "-version", action="version", version="geomys %s" % __version__,
+                        help="print the version and exit")
     for opt in OPTIONS:
         names = ["-" + opt.name, "--" + opt.name]
         if "_" in opt.name:
             names.append("--" + opt.name.replace("_", "-"))
-        kwargs = dict(dest=opt.name, help="%s (default: %s)" % (opt.help, opt.default))
+        kwargs = dict(dest=opt.name, help="%s (default: %s)" % (opt.help, _shown_default(opt)))
         if opt.flag:
             # `-bootstrap` alone, or `bootstrap = yes` in the file / GEOMYS_BOOTSTRAP=yes.
             kwargs.update(nargs="?", const=True, default=False, type=opt.parse, metavar="yes|no")
@@ -265,6 +280,15 @@ def build_parser(default_config_files=(DEFAULT_CONFIG_FILE,)) -> configargparse.
             kwargs.update(type=opt.parse, default=opt.default)
         parser.add_argument(*names, **kwargs)
     return parser
+
+
+def _shown_default(opt: Option) -> str:
+    """The default as --help shows it: computed ones named in words, yes/no for switches, "not set" for none."""
+    if opt.shown_default is not None:
+        return opt.shown_default
+    if type(opt.default) is bool:
+        return "yes" if opt.default else "no"
+    return "not set" if opt.default is None else str(opt.default)
 
 
 def load(argv=None, environ=None) -> Config:

@@ -9,6 +9,7 @@ client sees a write before it is durable (writethrough) or replicated.
 
 import hmac
 import logging
+import sys
 import threading
 from typing import Callable, Optional, Protocol
 
@@ -17,7 +18,8 @@ from .clock import Clock
 from . import digest as digest_mod
 from . import records as records_mod
 from .commands import TABLE, lookup
-from .errors import AuthRequired, BadRequest, GeomysError, Timeout, UnknownCommand, describe_key
+from .errors import AuthRequired, BadRequest, GeomysError, OutOfMemory, Timeout, UnknownCommand, describe_key
+from .memory import format_size, rss_bytes
 from .protocol import error_reply
 from .store import Store
 
@@ -30,6 +32,9 @@ DIGEST_BATCH = 2000
 # Most plain commands run per hold of the store lock: a long pipeline must not
 # keep other clients waiting for long.
 LOCK_BATCH = 64
+
+# The data limit when max_memory is 0: an int, which compares faster than infinity.
+NO_LIMIT = sys.maxsize
 
 # How often a blocked client checks that its connection is still open, so a
 # BLPOP with no timeout does not outlive its client.
@@ -95,6 +100,12 @@ class Engine:
         # (a list of requests in, their replies out).
         self.forwarder: Optional[Callable[[list, Context], list]] = None
         self._digest_cache: Optional[tuple] = None   # (store.changes it was computed at, digest)
+        self.max_memory = 0
+        self.baseline_bytes = 0
+        # The store's used_bytes at which commands flagged DENYOOM get OOM; a
+        # plain number so the check costs one comparison and no system call.
+        self._data_limit = NO_LIMIT
+        self._oom_reply: dict = {}
 
     # -- wiring --------------------------------------------------------------
 
@@ -107,6 +118,26 @@ class Engine:
     def add_info_source(self, source: Callable[[], dict]) -> None:
         """Merge the map `source()` returns into every INFO reply."""
         self._info_sources.append(source)
+
+    def set_max_memory(self, max_memory: int, baseline_bytes: int) -> None:
+        """Answer commands that add data with OOM once used_memory() reaches `max_memory` (0: no limit).
+
+        `baseline_bytes` is what the process holds besides its data (its RSS
+        before any key was loaded); the data is the store's running estimate.
+        An estimate rather than the RSS because CPython keeps freed memory for
+        reuse instead of returning it: after a DEL the RSS stays put, yet the
+        room it made is real (docs/deploy.md).
+        """
+        self.max_memory = max_memory
+        self.baseline_bytes = baseline_bytes
+        self._data_limit = max_memory - baseline_bytes if max_memory else NO_LIMIT
+        self._oom_reply = error_reply(OutOfMemory(
+            "memory in use reached max_memory (%s): commands that add data are refused; "
+            "DEL, LPOP, RPOP or FLUSHDB free memory" % format_size(max_memory)))
+
+    def used_memory(self) -> int:
+        """The figure max_memory applies to: the baseline plus the data's estimated size."""
+        return self.baseline_bytes + self.store.used_bytes
 
     def set_compactor(self, compactor: Callable[[], Optional[str]]) -> None:
         """Use `compactor` for the COMPACT command."""
@@ -195,6 +226,7 @@ class Engine:
                 # Read under the lock: the role cannot change between this test
                 # and a write's record reaching the sinks.
                 forwarder = self.forwarder
+                data_limit = self._data_limit
                 ctx.now_ms = self.clock.wall_ms()
                 while k < count:
                     request, spec, args = run[k]
@@ -202,6 +234,10 @@ class Engine:
                         append(args)
                     elif forwarder is not None and spec.is_write:
                         break
+                    elif spec.denies_oom and store.used_bytes >= data_limit:
+                        # Checked where writes execute: on a cluster's leader,
+                        # so writes forwarded to it get the same answer.
+                        append(self._oom_reply)
                     else:
                         try:
                             reply = spec.handler(store, ctx, *args)
@@ -420,6 +456,7 @@ class Engine:
             keys = len(self.store)
             blocked = self.store.waiting_clients()
             seq = self.seq
+            data_bytes = self.store.used_bytes
         result = {
             "version": __version__,
             "keys": keys,
@@ -427,6 +464,10 @@ class Engine:
             "blocked_clients": blocked,
             "commands_processed": processed,
             "replication_offset": seq,
+            "used_memory": self.baseline_bytes + data_bytes,
+            "used_memory_dataset": data_bytes,
+            "used_memory_rss": rss_bytes(),
+            "max_memory": self.max_memory,
             "digest": self.digest(),
         }
         for source in self._info_sources:

@@ -72,6 +72,10 @@ class ReadOnly(GeomysError):
     code = "READONLY"
 
 
+class OutOfMemory(GeomysError):
+    code = "OOM"
+
+
 class InternalError(GeomysError):
     code = "INTERNAL"
 
@@ -82,7 +86,7 @@ BY_CODE: dict[str, type[GeomysError]] = {
     for cls in (
         BadRequest, UnknownCommand, KeyExists, NotFound, WrongType, NotInteger,
         Overflow, Timeout, NoLeader, AuthRequired, AuthFailed, TooLarge,
-        ReadOnly, InternalError,
+        ReadOnly, OutOfMemory, InternalError,
     )
 }
 

@@ -10,12 +10,36 @@ is always what happened (a served BLPOP is logged as the LPOP it did).
 
 import heapq
 import itertools
+import sys
 import threading
 from collections import deque
 from typing import Iterator, Optional, Union
 
 Value = Union[str, bytes]
 Entry = Union[str, bytes, deque]
+
+# The estimate behind max_memory. A key or value (str or bytes) counts as its
+# length plus the header of an ASCII str: exact for ASCII text, 16 bytes over
+# for bytes, under for text beyond ASCII (2 to 4 bytes a character). len()
+# rather than sys.getsizeof because this runs on every write and getsizeof
+# costs ten times as much. The other costs were measured with tracemalloc on
+# CPython 3.11: a dict slot with its share of the hash table's spare room, an
+# empty deque, a deque's pointer to one element, and a TTL (its entry in the
+# expiry dict, the int, the heap tuple).
+OBJECT_OVERHEAD = sys.getsizeof("")
+ENTRY_OVERHEAD = 48
+LIST_OVERHEAD = sys.getsizeof(deque())
+ELEMENT_OVERHEAD = OBJECT_OVERHEAD + 8
+TTL_OVERHEAD = 176
+STRING_ENTRY_OVERHEAD = 2 * OBJECT_OVERHEAD + ENTRY_OVERHEAD
+
+
+def entry_bytes(key, entry: Entry) -> int:
+    """Estimated bytes one key and its entry hold (a list counts every element)."""
+    if type(entry) is deque:
+        return (len(key) + OBJECT_OVERHEAD + ENTRY_OVERHEAD + LIST_OVERHEAD
+                + sum(len(value) for value in entry) + ELEMENT_OVERHEAD * len(entry))
+    return len(key) + len(entry) + STRING_ENTRY_OVERHEAD
 
 
 class Waiter:
@@ -38,6 +62,9 @@ class Store:
         self.record_effects = False
         self.effects: list[tuple] = []
         self.changes = 0   # counts every mutation, so a derived value (INFO's digest) knows it is stale
+        # Estimated bytes the keys, values and TTLs hold, kept up to date by
+        # every mutation so that max_memory costs one comparison per write.
+        self.used_bytes = 0
         self._data: dict = {}
         self._expires: dict = {}
         self._expiry_heap: list = []
@@ -79,11 +106,22 @@ class Store:
     def put(self, key, value: Value, expire_at_ms: Optional[int] = None) -> None:
         """Store a string at `key`, replacing whatever was there."""
         self.changes += 1
-        self._data[key] = value
-        if expire_at_ms is None:
-            self._expires.pop(key, None)
+        data, expires = self._data, self._expires
+        old = data.get(key)
+        if old is None:
+            self.used_bytes += len(key) + len(value) + STRING_ENTRY_OVERHEAD
+        elif type(old) is deque:
+            self.used_bytes += entry_bytes(key, value) - entry_bytes(key, old)
         else:
-            self._expires[key] = expire_at_ms
+            self.used_bytes += len(value) - len(old)
+        data[key] = value
+        if expire_at_ms is None:
+            if expires.pop(key, None) is not None:
+                self.used_bytes -= TTL_OVERHEAD
+        else:
+            if key not in expires:
+                self.used_bytes += TTL_OVERHEAD
+            expires[key] = expire_at_ms
             heapq.heappush(self._expiry_heap, (expire_at_ms, next(self._heap_order), key))
         if self.record_effects:
             self.effects.append(("SET", key, value, expire_at_ms))
@@ -93,8 +131,10 @@ class Store:
         items = self._data.get(key)
         if items is None:
             items = self._data[key] = deque()
+            self.used_bytes += entry_bytes(key, items)
         self.changes += 1
         items.append(value)
+        self.used_bytes += len(value) + ELEMENT_OVERHEAD
         if self.record_effects:
             self.effects.append(("PUSH", key, value))
         waiters = self._waiters.get(key)
@@ -107,27 +147,35 @@ class Store:
         items = self._data[key]
         self.changes += 1
         value = items.popleft() if left else items.pop()
+        self.used_bytes -= len(value) + ELEMENT_OVERHEAD
         if not items:
-            del self._data[key]
-            self._expires.pop(key, None)
+            self._remove(key, items)
         if self.record_effects:
             self.effects.append(("LPOP" if left else "RPOP", key))
         return value
 
     def delete(self, key) -> bool:
         """Remove `key` whatever its type; return whether it was there."""
-        if key not in self._data:
+        entry = self._data.get(key)
+        if entry is None:
             return False
         self.changes += 1
-        del self._data[key]
-        self._expires.pop(key, None)
+        self._remove(key, entry)
         if self.record_effects:
             self.effects.append(("DEL", key))
         return True
 
+    def _remove(self, key, entry: Entry) -> None:
+        """Drop `key` (holding `entry`) and its TTL, and what they were counted for."""
+        del self._data[key]
+        self.used_bytes -= entry_bytes(key, entry)
+        if self._expires.pop(key, None) is not None:
+            self.used_bytes -= TTL_OVERHEAD
+
     def flush(self) -> None:
         """Remove every key."""
         self.changes += 1
+        self.used_bytes = 0
         self._data.clear()
         self._expires.clear()
         self._expiry_heap.clear()
@@ -186,6 +234,7 @@ class Store:
         self.changes += 1
         self._data, self._expires, self._expiry_heap = other._data, other._expires, other._expiry_heap
         self._heap_order = other._heap_order
+        self.used_bytes = other.used_bytes
         for key, waiters in self._waiters.items():
             if waiters and type(self._data.get(key)) is deque:
                 waiters[0].cond.notify()

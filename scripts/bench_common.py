@@ -258,9 +258,12 @@ class Servers:
             server.stop()
 
 
-def geomys_argv(port: int, *options: str) -> list[str]:
-    """The command line of a geomys server on `port` with extra `options` (quiet log)."""
-    return command_path("geomys") + ["--port", str(port), "--log_level", "WARNING", *options]
+def geomys_argv(port: int, *options: str, command: Sequence[str] = ()) -> list[str]:
+    """The command line of a geomys server on `port` with extra `options` (quiet log).
+
+    `command` replaces the installed `geomys` (the single executable, say).
+    """
+    return list(command or command_path("geomys")) + ["--port", str(port), "--log_level", "WARNING", *options]
 
 
 def start_geomys(servers: Servers, name: str, workdir: Path, *options: str, port: int = 0) -> Server:
@@ -271,21 +274,24 @@ def start_geomys(servers: Servers, name: str, workdir: Path, *options: str, port
 
 def start_cluster(servers: Servers, workdir: Path, heartbeat: float = FAST_HEARTBEAT,
                   failure_timeout: float = FAST_FAILURE_TIMEOUT, size: int = 3,
-                  join_timeout: float = 120.0, prefix: str = "node", options: Sequence[str] = ()) -> list[Server]:
+                  join_timeout: float = 120.0, prefix: str = "node", options: Sequence[str] = (),
+                  command: Sequence[str] = ()) -> list[Server]:
     """Start `size` nodes: node 1 bootstraps, the others join it one at a time; every node gets `options`.
 
     Returns once INFO on the leader lists every node as a member.
     """
     timings = ["--heartbeat_interval", str(heartbeat), "--failure_timeout", str(failure_timeout), *options]
     leader_port = free_port(span=1000)
-    leader = servers.add(Server("%s1" % prefix, geomys_argv(leader_port, "-node_id=1", "-bootstrap", *timings),
+    leader = servers.add(Server("%s1" % prefix, geomys_argv(leader_port, "-node_id=1", "-bootstrap", *timings,
+                                                            command=command),
                                 leader_port, workdir)).wait_ready()
     nodes = [leader]
     for node_id in range(2, size + 1):
         port = free_port(span=1000)
         join = "-join=%s:%d" % (HOST, leader_port + 1000)
         nodes.append(servers.add(Server("%s%d" % (prefix, node_id),
-                                        geomys_argv(port, "-node_id=%d" % node_id, join, *timings),
+                                        geomys_argv(port, "-node_id=%d" % node_id, join, *timings,
+                                                    command=command),
                                         port, workdir)))
         wait_until(lambda: members(leader.port) >= node_id and nodes[-1].answers_ping(), join_timeout,
                    "node %d to become a member" % node_id)

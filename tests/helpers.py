@@ -147,7 +147,10 @@ def process_threads(pid: int) -> int:
 class ServerProcess:
     """One `geomys` process started by a test, with its own config file and log."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None, **options) -> None:
+    def __init__(self, workdir: Path, port: Optional[int] = None, command: Optional[list] = None,
+                 **options) -> None:
+        """`command` replaces the installed `geomys` (the single executable, say)."""
+        self.command = command or geomys_command()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(span=1000)
@@ -177,7 +180,7 @@ class ServerProcess:
 
     def argv(self) -> list[str]:
         """The command that starts the server (a subclass may run it under another uid)."""
-        return geomys_command()
+        return self.command
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until a PING gets PONG (failing early if the process died)."""

@@ -8,8 +8,8 @@ checks that every command here has one.)
 """
 
 from . import counters, deques, keys, server, strings
-from .table import BLOCKING, NOAUTH, NOLOCK, WRITE, CommandSpec, build_table, lookup
+from .table import BLOCKING, DENYOOM, NOAUTH, NOLOCK, WRITE, CommandSpec, build_table, lookup
 
 TABLE = build_table(server.SPECS, strings.SPECS, counters.SPECS, deques.SPECS, keys.SPECS)
 
-__all__ = ["TABLE", "CommandSpec", "lookup", "WRITE", "BLOCKING", "NOLOCK", "NOAUTH"]
+__all__ = ["TABLE", "CommandSpec", "lookup", "WRITE", "BLOCKING", "NOLOCK", "NOAUTH", "DENYOOM"]

@@ -3,7 +3,7 @@
 from collections import deque
 
 from ..errors import NotInteger, Overflow, WrongType, describe_key
-from .table import INT64_MAX, INT64_MIN, WRITE, CommandSpec, Field, to_key, to_offset
+from .table import DENYOOM, INT64_MAX, INT64_MIN, WRITE, CommandSpec, Field, to_key, to_offset
 
 
 def _parse_counter(key, entry) -> int:
@@ -41,5 +41,5 @@ def incr(store, ctx, key, offset):
 
 SPECS = (
     CommandSpec("INCR", incr, (Field("key", to_key), Field("offset", to_offset, False, 1)),
-                frozenset({WRITE}), "add OFFSET (default 1) to a counter"),
+                frozenset({WRITE, DENYOOM}), "add OFFSET (default 1) to a counter"),
 )

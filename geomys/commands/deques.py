@@ -8,7 +8,7 @@ key and calls them again when a PUSH wakes it.
 from collections import deque
 
 from ..errors import NotFound, WrongType, describe_key
-from .table import BLOCKING, OK, WRITE, CommandSpec, Field, to_key, to_seconds, to_str
+from .table import BLOCKING, DENYOOM, OK, WRITE, CommandSpec, Field, to_key, to_seconds, to_str
 
 
 def _list_at(store, ctx, key):
@@ -69,7 +69,7 @@ _KEY = Field("key", to_key)
 _TIMEOUT = Field("timeout", to_seconds)
 
 SPECS = (
-    CommandSpec("PUSH", push, (_KEY, Field("value", to_str)), frozenset({WRITE}),
+    CommandSpec("PUSH", push, (_KEY, Field("value", to_str)), frozenset({WRITE, DENYOOM}),
                 "append VALUE at the rear of a list"),
     CommandSpec("LPOP", lpop, (_KEY,), frozenset({WRITE}), "remove and return the first element of a list"),
     CommandSpec("RPOP", rpop, (_KEY,), frozenset({WRITE}), "remove and return the last element of a list"),

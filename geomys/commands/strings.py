@@ -3,7 +3,7 @@
 from collections import deque
 
 from ..errors import KeyExists, NotFound, WrongType, describe_key
-from .table import OK, WRITE, CommandSpec, Field, to_key, to_str, to_ttl_ms
+from .table import DENYOOM, OK, WRITE, CommandSpec, Field, to_key, to_str, to_ttl_ms
 
 
 def set_(store, ctx, key, value, ttl_ms):
@@ -27,6 +27,6 @@ def get(store, ctx, key):
 SPECS = (
     CommandSpec("SET", set_,
                 (Field("key", to_key), Field("value", to_str), Field("exp", to_ttl_ms, False, metavar="TTL_MS")),
-                frozenset({WRITE}), "store a string (fails if KEY exists)"),
+                frozenset({WRITE, DENYOOM}), "store a string (fails if KEY exists)"),
     CommandSpec("GET", get, (Field("key", to_key),), frozenset(), "read a string"),
 )

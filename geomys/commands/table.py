@@ -16,6 +16,7 @@ WRITE = "write"        # changes the keyspace: logged, replicated, forwarded by 
 BLOCKING = "blocking"  # may wait for data; handler returns None to mean "wait"
 NOLOCK = "nolock"      # does not touch the keyspace; runs without the store lock
 NOAUTH = "noauth"      # allowed before AUTH when requirepass is set
+DENYOOM = "denyoom"    # may add data: refused with OOM once max_memory is reached
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -148,6 +149,7 @@ class CommandSpec:
     is_blocking: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_lock: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_auth: bool = dataclass_field(init=False, repr=False, compare=False)
+    denies_oom: bool = dataclass_field(init=False, repr=False, compare=False)
     _plan: tuple = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +158,7 @@ class CommandSpec:
         set_(self, "is_blocking", BLOCKING in self.flags)
         set_(self, "needs_lock", NOLOCK not in self.flags)
         set_(self, "needs_auth", NOAUTH not in self.flags)
+        set_(self, "denies_oom", DENYOOM in self.flags)
         # The fields as plain tuples: parse runs for every request.
         set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default) for f in self.fields))
 

@@ -115,7 +115,10 @@ def test_a_busy_port_exits_2_with_one_line_on_stderr(env):
     (["--heartbeat_interval", "5", "--failure_timeout", "6"], "failure_timeout"),
     (["--no_such_option", "1"], "no_such_option"),
     (["--config", "/nonexistent/geomys.conf"], "/nonexistent/geomys.conf"),
-], ids=["port", "max_clients", "persistence", "timeouts", "unknown", "missing-config"])
+    (["--max_memory", "-1"], "max_memory"),
+    (["--max_memory", "64xb"], "max_memory"),
+], ids=["port", "max_clients", "persistence", "timeouts", "unknown", "missing-config", "negative-max-memory",
+        "max-memory-suffix"])
 def test_an_invalid_option_exits_2_with_one_line_on_stderr(env, args, mention):
     assert_refused(run_to_exit(args, env), mention)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import geomys
 from geomys import config
 
 REPO_CONF = Path(__file__).resolve().parents[2] / "geomys.conf"
@@ -310,3 +311,35 @@ def test_protected_mode_counts_tls_cluster_as_peer_authentication(capsys):
     node = ("--host", "0.0.0.0", "--requirepass", "pw", "--bootstrap", *TLS_FILES, "--tls_ca_file", "ca")
     assert load(*node, "--tls_cluster", "yes").tls_cluster
     assert_exit_2(capsys, *node, mentions=["0.0.0.0", "cluster_secret", "tls_cluster"])
+
+
+# -- --version and --help ----------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--version", "-version"])
+def test_version_prints_the_version_and_exits_0(capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        load(flag)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == "geomys %s" % geomys.__version__
+
+
+def _help_of(parser, dest: str) -> str:
+    return next(action.help for action in parser._actions if action.dest == dest)
+
+
+def test_help_shows_exactly_one_default_per_option():
+    parser = config.build_parser(default_config_files=())
+    for option in config.OPTIONS:
+        text = parser._get_formatter()._expand_help(
+            next(action for action in parser._actions if action.dest == option.name))
+        assert text.count("(default:") == 1, (option.name, text)
+        assert "None" not in text, (option.name, text)
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("node_id", "the client port"), ("grpc_port", "port + 1000, or tls_port + 1000 if port = 0"),
+    ("advertise_host", "host"),
+    ("port", "6379"), ("bootstrap", "no"), ("protected_mode", "yes"), ("join", "not set"),
+])
+def test_help_names_the_true_default(name, shown):
+    assert _help_of(config.build_parser(default_config_files=()), name).endswith("(default: %s)" % shown)

@@ -16,6 +16,7 @@ from collections import deque
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from geomys.store import TTL_OVERHEAD, entry_bytes
 from tests.fakes import Harness, RecordingSink, assert_error, store_state
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -200,6 +201,14 @@ class StoreMachine(RuleBasedStateMachine):
                    if entry[1] is None or entry[1] > now}
         assert visible == {key: (list(entry) if isinstance(entry, deque) else entry, self.expires.get(key))
                            for key, entry in self.data.items()}
+
+
+    @invariant()
+    def used_bytes_is_the_sum_of_the_stored_entries(self):
+        # max_memory relies on this running figure staying exact through every change.
+        expected = sum(entry_bytes(key, entry) + (TTL_OVERHEAD if expire_at is not None else 0)
+                       for key, entry, expire_at in self.h.store.entries())
+        assert self.h.store.used_bytes == expected
 
 
 TestStoreAgainstModel = StoreMachine.TestCase

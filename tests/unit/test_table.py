@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from geomys.commands import TABLE, lookup
-from geomys.commands.table import (BLOCKING, NOAUTH, NOLOCK, WRITE, CommandSpec, build_table, to_int,
+from geomys.commands.table import (BLOCKING, DENYOOM, NOAUTH, NOLOCK, WRITE, CommandSpec, build_table, to_int,
                                    to_key, to_offset, to_seconds, to_str, to_ttl_ms)
 from geomys.errors import BadRequest
 
@@ -72,8 +72,11 @@ def test_commands_that_change_the_keyspace_are_writes():
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_flags_are_consistent(spec):
-    assert spec.flags <= {WRITE, BLOCKING, NOLOCK, NOAUTH}
+    assert spec.flags <= {WRITE, BLOCKING, NOLOCK, NOAUTH, DENYOOM}
     assert spec.is_write == (WRITE in spec.flags)
+    assert spec.denies_oom == (DENYOOM in spec.flags)
+    if DENYOOM in spec.flags:
+        assert WRITE in spec.flags and BLOCKING not in spec.flags
     if BLOCKING in spec.flags:
         assert WRITE in spec.flags and NOLOCK not in spec.flags
         assert [f.name for f in spec.fields][0] == "key" and spec.fields[-1].name == "timeout"
@@ -83,6 +86,11 @@ def test_flags_are_consistent(spec):
 
 def test_only_ping_and_auth_are_allowed_before_auth():
     assert {spec.name for spec in SPECS if NOAUTH in spec.flags} == {"PING", "AUTH"}
+
+
+def test_only_the_commands_that_add_data_are_refused_when_memory_is_full():
+    # Everything that frees memory (DEL, the pops, FLUSHDB) or reads stays allowed.
+    assert {spec.name for spec in SPECS if DENYOOM in spec.flags} == {"SET", "INCR", "PUSH"}
 
 
 def test_only_the_blocking_pops_block():
