@@ -123,11 +123,15 @@ def test_a_candidate_named_by_the_answers_that_refuses_is_dropped():
     sim.write(1)                                     # node 1 will hold an entry that may never commit
     fail_over(sim, 1)
     assert acknowledged(sim, sim.write(2))
+    sim.pause(1)
     sim.reconnect(1)
     sim.crash(2)
+    node3 = sim.nodes[3].core
+    assert sim.run_until(lambda: node3.role == CANDIDATE, 2 * FAILURE_TIMEOUT)
+    sim.resume(1)
     # Node 3 names node 1, the smallest live id; node 1 refuses to lead for it while its
     # store holds that entry, and node 3 leaves it out of its next rounds.
-    assert sim.run_until(lambda: 1 in sim.nodes[3].core.suspected, 3 * FAILURE_TIMEOUT)
+    assert sim.run_until(lambda: 1 in node3.suspected, FAILURE_TIMEOUT)
     assert sim.nodes[1].core.applied > sim.nodes[1].core.commit
     assert sim.run_until(lambda: len(sim.leaders()) == 1, 3 * FAILURE_TIMEOUT)   # and the election goes on
 
