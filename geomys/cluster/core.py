@@ -716,24 +716,36 @@ class Core:
             # Entries after the commit point may differ from the leader's: resend from there.
             self._send(m.src, AppendReply(self.id, self.term, False, max(self.commit, log.base_seq)))
             return
-        for entry in m.entries:
-            if entry.seq <= log.last_seq:
-                if log.term_at(entry.seq) == entry.term:
-                    continue   # a duplicate
-                if entry.seq <= self.applied:
-                    # The store holds an entry the leader's log replaces: only a snapshot can undo it.
-                    self._truncate(entry.seq - 1)
-                    self._start_snapshot(m.src, "this store holds entries the leader's log replaced")
-                    self._send(m.src, AppendReply(self.id, self.term, False, log.last_seq, syncing=True))
-                    return
-                self._truncate(entry.seq - 1)
-            log.append(entry)
-            if entry.members is not None:
-                self._set_members(entry.seq, {n.node_id: n for n in entry.members})
+        if not self._take_entries(m.entries, m.src, "the leader's"):
+            self._send(m.src, AppendReply(self.id, self.term, False, log.last_seq, syncing=True))
+            return
         matched = m.entries[-1].seq if m.entries else m.prev_seq
         self.matched = max(self.matched, matched)
         self._learn_commit(m.commit)
         self._send(m.src, AppendReply(self.id, self.term, True, matched))
+
+    def _take_entries(self, entries, peer: int, whose: str) -> bool:
+        """Add entries that extend this log, replacing a tail that differs from them.
+
+        Returns False, with a snapshot started, when an entry would replace one
+        the store already holds (this node executed writes that never
+        committed): only a snapshot can undo those. That includes a store that
+        runs past the log, whose tail an earlier conflict already cut.
+        """
+        log = self.log
+        for entry in entries:
+            if entry.seq <= log.base_seq or (entry.seq <= log.last_seq and log.term_at(entry.seq) == entry.term):
+                continue   # held already
+            if entry.seq <= self.applied:
+                self._truncate(entry.seq - 1)
+                self._start_snapshot(peer, "this store holds entries %s log replaced" % whose)
+                return False
+            if entry.seq <= log.last_seq:
+                self._truncate(entry.seq - 1)
+            log.append(entry)
+            if entry.members is not None:
+                self._set_members(entry.seq, {n.node_id: n for n in entry.members})
+        return True
 
     def _on_commit(self, m: Commit, now: float) -> None:
         if m.src == self.leader_id and m.term == self.term and not self.syncing:
@@ -865,8 +877,14 @@ class Core:
             logger.info("node %d refused or could not lead; electing again without it", m.src)
 
     def _take_over(self, seen_term: int, now: float) -> None:
-        """Announce a new term; with a majority's acceptance (and their newest entries), lead."""
-        if self.role == LEADER or self.takeover is not None or self.id not in self.members:
+        """Announce a new term; with a majority's acceptance (and their newest entries), lead.
+
+        Not while a snapshot is replacing the store, nor while the store runs
+        past the log (a conflict cut the log under entries the store holds):
+        such a store cannot be told apart from the log it would lead with.
+        """
+        if self.role == LEADER or self.takeover is not None or self.id not in self.members \
+                or self.syncing or self.applied > self.log.last_seq:
             return
         term = max(self.term, seen_term) + 1
         self.poll = None
@@ -935,22 +953,8 @@ class Core:
             return
         if m.entries:
             self.stats["copies_before_leading"] += 1
-        for entry in m.entries:
-            if entry.seq <= self.commit or entry.seq <= self.log.base_seq:
-                continue
-            if entry.seq <= self.log.last_seq:
-                if self.log.term_at(entry.seq) == entry.term:
-                    continue
-                if entry.seq <= self.applied:
-                    # The store holds an entry the best log replaces (this node led alone
-                    # for a while): only a snapshot can undo it, as on a follower.
-                    self._truncate(entry.seq - 1)
-                    self._start_snapshot(m.src, "this store holds entries the best log replaced")
-                    return
-                self._truncate(entry.seq - 1)
-            self.log.append(entry)
-            if entry.members is not None:
-                self._set_members(entry.seq, {n.node_id: n for n in entry.members})
+        if not self._take_entries(m.entries, m.src, "the best"):
+            return
         if m.entries and self.log.last_seq < takeover.fetch_until:
             takeover.started = now
             self._send(m.src, Fetch(self.id, takeover.term, self.log.last_seq))
