@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -83,6 +83,7 @@ class Target:
     processes: tuple[Server, ...]
     tool: str = "geomys-benchmark"
     clients: tuple[int, ...] = CLIENTS
+    runner: Optional["PySyncObjRuns"] = None  # runs each cell itself instead of a tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +141,8 @@ def parse_redis_csv(text: str) -> tuple[float, float, float, bool, int]:
 def run_one(target: Target, test: str, clients: int, pipeline: int, requests: int, max_seconds: float) -> Sample:
     """Run one test against one target; the server CPU time is read from /proc around the run."""
     cpu_before = sum(p.cpu_seconds() for p in target.processes)
-    if target.tool == "pysyncobj":
-        rps, p50, p99, cut_short, errors = run_pysyncobj(target, clients, pipeline, requests, max_seconds)
+    if target.runner is not None:
+        rps, p50, p99, cut_short, errors = target.runner.run(clients, pipeline, requests, max_seconds)
     else:
         rps, p50, p99, cut_short, errors = run_tool(target, test, clients, pipeline, requests, max_seconds)
     cpu = sum(p.cpu_seconds() for p in target.processes) - cpu_before
@@ -167,30 +168,6 @@ def run_tool(target: Target, test: str, clients: int, pipeline: int, requests: i
     if run.returncode != 0:
         raise BenchError("%s failed (status %d): %s\n%s" % (argv[0], run.returncode, " ".join(argv), run.stderr))
     return parse(run.stdout)
-
-
-def run_pysyncobj(target: Target, clients: int, pipeline: int, requests: int,
-                  max_seconds: float) -> tuple[float, float, float, bool, int]:
-    """Run one SET cell in the PySyncObj node that now has the target's role; return as run_tool does.
-
-    The node is chosen afresh for every run, so a leadership change between
-    runs is followed; one during a run ends the benchmark, since the run
-    would have measured the other path.
-    """
-    role = target.row.rsplit("-", 1)[1]
-    node = next((n for n in target.processes if info(n.port, timeout=10.0)["role"] == role), None)
-    if node is None:
-        raise BenchError("no PySyncObj node of %s is a %s now" % (target.row, role))
-    # The node bounds each cell by max_seconds; this bound is for a node that hangs.
-    with Connection(node.port, timeout=2 * max_seconds + 60) as conn:
-        reply = conn.call("BENCH", clients=clients, pipeline=pipeline, requests=requests, max_seconds=max_seconds)
-    if reply.get("status") != "OK":
-        raise BenchError("%s failed a cell: %s" % (node.name, reply))
-    cell = reply["value"]
-    if cell["role_before"] != role or cell["role_after"] != role:
-        raise BenchError("%s was %s at the start of a run and %s at its end; its leader changed"
-                         % (node.name, cell["role_before"], cell["role_after"]))
-    return cell["rps"], cell["p50_ms"], cell["p99_ms"], cell["cut_short"], cell["errors"]
 
 
 # -- the servers ------------------------------------------------------------------------------
@@ -233,11 +210,10 @@ def start_targets(servers: Servers, workdir: Path, names: Sequence[str], warm_up
         targets.append(Target("redis", port, TESTS, (server,), tool="redis-benchmark"))
     if "pysyncobj" in names:
         ensure_pysyncobj()
-        for batching in PYSYNCOBJ_BATCHING:
-            nodes = start_pysyncobj(servers, workdir, batching)
-            # Its CPU includes the client threads, which run in the measured node.
-            targets += [Target(pysyncobj_row(batching, role), 0, ("set",), nodes, tool="pysyncobj",
-                               clients=COMPARISON_CLIENTS) for role in ("leader", "follower")]
+        # No processes of their own to count CPU for: each run starts and stops its cluster.
+        targets += [Target(pysyncobj_row(batching, role), 0, ("set",), (), tool="pysyncobj",
+                           clients=COMPARISON_CLIENTS, runner=PySyncObjRuns(servers, workdir, batching, role))
+                    for batching in PYSYNCOBJ_BATCHING for role in ("leader", "follower")]
     return targets
 
 
@@ -312,18 +288,61 @@ def ensure_pysyncobj() -> None:
         raise BenchError("pip install %s failed:\n%s" % (PYSYNCOBJ, run.stderr))
 
 
+class PySyncObjRuns:
+    """One PySyncObj row: each run on a fresh three-node cluster, in the node that has the row's role.
+
+    A fresh cluster per run, because an idle PySyncObj node keeps ticking
+    (three nodes batching every 2 ms use about a fifth of a core doing
+    nothing), which would slow every other system measured meanwhile; and
+    each run then starts from an empty dict. Starting takes a few seconds,
+    untimed.
+    """
+
+    def __init__(self, servers: Servers, workdir: Path, batching: str, role: str) -> None:
+        self.servers, self.workdir, self.batching, self.role = servers, workdir, batching, role
+
+    def run(self, clients: int, pipeline: int, requests: int,
+            max_seconds: float) -> tuple[float, float, float, bool, int]:
+        """Run one SET cell; return rps, p50, p99, cut-short and errors, as run_tool does."""
+        nodes = start_pysyncobj(self.servers, self.workdir, self.batching)
+        try:
+            node = next((n for n in nodes if info(n.port, timeout=10.0)["role"] == self.role), None)
+            if node is None:
+                raise BenchError("no PySyncObj node is a %s right after agreeing on a leader" % self.role)
+            # The node bounds the cell by max_seconds; this bound is for a node that hangs.
+            with Connection(node.port, timeout=2 * max_seconds + 60) as conn:
+                reply = conn.call("BENCH", clients=clients, pipeline=pipeline, requests=requests,
+                                  max_seconds=max_seconds)
+        finally:
+            for node in nodes:
+                node.stop()
+        if reply.get("status") != "OK":
+            raise BenchError("%s failed a cell: %s" % (node.name, reply))
+        cell = reply["value"]
+        if cell["role_before"] != self.role or cell["role_after"] != self.role:
+            # The run would have measured the other path.
+            raise BenchError("%s was %s at the start of a run and %s at its end: its leader changed"
+                             % (node.name, cell["role_before"], cell["role_after"]))
+        return cell["rps"], cell["p50_ms"], cell["p99_ms"], cell["cut_short"], cell["errors"]
+
+
 def start_pysyncobj(servers: Servers, workdir: Path, batching: str, timeout: float = 60.0) -> tuple[Server, ...]:
-    """Start three scripts/pysyncobj_node.py on free ports; return them once they agree on a leader."""
-    raft_ports = [free_port() for _ in range(3)]
+    """Start three scripts/pysyncobj_node.py on free ports; return them once they agree on a leader.
+
+    Of two nodes, the one with the greater address (compared as text) opens
+    the connection, and after a failed attempt waits connectionRetryTime (5 s)
+    to try again; so the nodes start in order of their addresses, each once
+    the one before it answers (its Raft port is bound by then).
+    """
+    addresses = sorted("127.0.0.1:%d" % free_port() for _ in range(3))
     nodes = []
-    for i, port in enumerate(raft_ports):
+    for i, address in enumerate(addresses):
         control = free_port()
-        partners = ",".join("127.0.0.1:%d" % p for p in raft_ports if p != port)
-        argv = [sys.executable, str(REPO / "scripts" / "pysyncobj_node.py"), "--port", str(port),
-                "--partners", partners, "--control-port", str(control), "--batching", batching]
+        argv = [sys.executable, str(REPO / "scripts" / "pysyncobj_node.py"), "--port", address.rsplit(":", 1)[1],
+                "--partners", ",".join(a for a in addresses if a != address), "--control-port", str(control),
+                "--batching", batching]
         nodes.append(servers.add(Server("pysyncobj-%s-%d" % (batching, i + 1), argv, control, workdir)))
-    for node in nodes:
-        node.wait_ready(timeout)
+        nodes[-1].wait_ready(timeout)
 
     def one_leader() -> bool:
         infos = [info(node.port, timeout=10.0) for node in nodes]
@@ -494,7 +513,8 @@ def render(results: dict[tuple, Cell], names: Sequence[str], tests: Sequence[str
     ]
     for clients in CLIENTS:
         for pipeline in PIPELINES:
-            parts += [config_table(results, rows, tests, clients, pipeline, requests[pipeline]), ""]
+            if any(key[2:] == (clients, pipeline) for key in results):
+                parts += [config_table(results, rows, tests, clients, pipeline, requests[pipeline]), ""]
     notes = ["`*` at least one run stopped at --max-seconds before -n requests: the rate is over the "
              "requests completed.", "`!` some replies were errors."]
     if "redis" in names:
@@ -572,8 +592,8 @@ def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[in
         "repetition the systems took turns in a rotating order. -n %d at pipeline 1, -n %d at pipeline 16, "
         "split evenly over the clients; each run stopped after %g s at most. Geomys: its 3-node cluster "
         "driven by geomys-benchmark over TCP. %sPySyncObj: three scripts/pysyncobj_node.py processes, an "
-        "in-memory ReplDict, the client threads inside the measured node's process; the dict was cleared, "
-        "untimed, before every run."
+        "in-memory ReplDict, the client threads inside the measured node's process, a fresh cluster for every "
+        "run (started untimed)."
         % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds,
            warm_up_note() if warmed_up else ""),
         "",
@@ -616,6 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
              "into this interpreter's environment if missing)" % ",".join(SERVERS))
     add("--tests", type=parse_list(TESTS), default=None, metavar="LIST",
         help="comma list from %s (default all)" % ",".join(TESTS))
+    add("--clients", type=parse_list([str(c) for c in COMPARISON_CLIENTS]), default=None, metavar="LIST",
+        help="comma list of client counts to run, from %s (default all: %s for most servers, also %s for "
+             "the cluster against PySyncObj)" % (",".join(map(str, COMPARISON_CLIENTS)),
+                                                 ",".join(map(str, CLIENTS)),
+                                                 ",".join(map(str, sorted(set(COMPARISON_CLIENTS) - set(CLIENTS))))))
     add("--pysyncobj", action="store_true",
         help="only the 3-node cluster against PySyncObj (SET at %s clients), written into its own section"
              % "/".join(map(str, COMPARISON_CLIENTS)))
@@ -640,6 +665,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
         targets = start_targets(servers, Path(tmp), names, warm_up=warmed_up)
+        if args.clients:
+            targets = [replace(t, clients=tuple(c for c in t.clients if str(c) in args.clients)) for t in targets]
         samples = run_matrix(targets, tests, repeat, requests, args.max_seconds)
     results, seconds = summarize(samples), time.monotonic() - started
     sections = []

@@ -22,8 +22,7 @@ thread calls `set(key, value, sync=True)`; at pipeline P it issues P
 `set(key, value, callback=...)` calls and issues the next P once all P
 callbacks have come (redis-benchmark's -P). Latency runs from the batch's
 first call to each callback. The cell stops after S seconds and says so;
-SETs still in flight then are not counted. The dict is cleared (untimed)
-before each cell, so every cell starts from an empty dict.
+SETs still in flight then are not counted.
 
 Imports pysyncobj, msgpack, geomys.benchmark (its key plan and its
 statistics, so both systems are counted alike) and the standard library.
@@ -54,8 +53,6 @@ BATCHING = {
     "2ms": {"appendEntriesUseBatch": True, "appendEntriesPeriod": 0.002, "autoTickPeriod": 0.002},
 }
 VALUE = "x" * 3  # geomys-benchmark's default -d
-# How long clearing the dict before a cell may take; it is one replicated command.
-CLEAR_TIMEOUT = 30.0
 
 
 class ReplicatedDict(Protocol):
@@ -179,9 +176,8 @@ class Node:
                                  if key.startswith("partner_node_status_server_") and value == 2)}
 
     def bench(self, clients: int, pipeline: int, requests: int, max_seconds: float) -> dict:
-        """Clear the dict, then run one cell in this process; one cell at a time."""
+        """Run one cell in this process; one cell at a time."""
         with self.bench_lock:
-            self.store.clear(sync=True, timeout=CLEAR_TIMEOUT)
             role_before = self.info()["role"]
             result = run_cell(self.store, clients, pipeline, requests, max_seconds, self._is_timeout)
             return {"rps": result.rps, "p50_ms": result.latency.p50_ms, "p99_ms": result.latency.p99_ms,
@@ -211,7 +207,7 @@ class Node:
                                             "max_seconds a positive number")
             try:
                 return {"status": "OK", "value": self.bench(**cell)}
-            except Exception as exc:  # a failed clear or a stuck client ends this cell, not the node
+            except Exception as exc:  # a stuck client thread ends this cell, not the node
                 return error("INTERNAL", "%s: %s" % (type(exc).__name__, exc))
         return error("UNKNOWN_COMMAND", "unknown command %r" % (command,))
 
