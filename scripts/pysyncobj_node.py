@@ -71,13 +71,14 @@ def run_cell(store: ReplicatedDict, clients: int, pipeline: int, requests: int, 
     options = Options(clients=clients, requests=requests, pipeline=pipeline, tests=("set",),
                       max_seconds=max_seconds)
     run_id = uuid.uuid4().hex[:8]
-    counts = [(client, count) for client, count in enumerate(split_evenly(requests, clients)) if count]
+    # Every key is made before the clock starts, as geomys-benchmark encodes every request first.
+    keys = [[request["key"] for request in plan_client("set", client, count, run_id, VALUE).requests]
+            for client, count in enumerate(split_evenly(requests, clients)) if count]
     go = threading.Event()
-    reports = [WorkerReport() for _ in counts]
+    reports = [WorkerReport() for _ in keys]
     threads = [threading.Thread(target=_client, name="bench-client-%d" % client, daemon=True,
-                                args=(store, [r["key"] for r in plan_client("set", client, count, run_id, VALUE).requests],
-                                      pipeline, max_seconds, go, report, is_timeout))
-               for (client, count), report in zip(counts, reports)]
+                                args=(store, client_keys, pipeline, max_seconds, go, report, is_timeout))
+               for client, (client_keys, report) in enumerate(zip(keys, reports))]
     for thread in threads:
         thread.start()
     go.set()
