@@ -96,6 +96,7 @@ class Sample:
     cpu_us: float
     cut_short: bool
     errors: int
+    leader_changed: bool = False  # PySyncObj only: the measured node saw an election during the run
 
 
 Cell = Sample  # a cell's summary has the same fields as one run
@@ -142,13 +143,14 @@ def run_one(target: Target, test: str, clients: int, pipeline: int, requests: in
     """Run one test against one target; the server CPU time is read from /proc around the run."""
     cpu_before = sum(p.cpu_seconds() for p in target.processes)
     if target.runner is not None:
-        rps, p50, p99, cut_short, errors = target.runner.run(clients, pipeline, requests, max_seconds)
+        *figures, leader_changed = target.runner.run(clients, pipeline, requests, max_seconds)
     else:
-        rps, p50, p99, cut_short, errors = run_tool(target, test, clients, pipeline, requests, max_seconds)
+        figures, leader_changed = run_tool(target, test, clients, pipeline, requests, max_seconds), False
+    rps, p50, p99, cut_short, errors = figures
     cpu = sum(p.cpu_seconds() for p in target.processes) - cpu_before
     # A run cut short served fewer than `requests`: rps x elapsed would be exact, rps x max_seconds is close.
     served = min(requests, rps * max_seconds) if cut_short else requests
-    return Sample(rps, p50, p99, cpu / max(served, 1) * 1e6, cut_short, errors)
+    return Sample(rps, p50, p99, cpu / max(served, 1) * 1e6, cut_short, errors, leader_changed)
 
 
 def run_tool(target: Target, test: str, clients: int, pipeline: int, requests: int,
@@ -302,13 +304,16 @@ class PySyncObjRuns:
         self.servers, self.workdir, self.batching, self.role = servers, workdir, batching, role
 
     def run(self, clients: int, pipeline: int, requests: int,
-            max_seconds: float) -> tuple[float, float, float, bool, int]:
-        """Run one SET cell; return rps, p50, p99, cut-short and errors, as run_tool does."""
-        nodes = start_pysyncobj(self.servers, self.workdir, self.batching)
+            max_seconds: float) -> tuple[float, float, float, bool, int, bool]:
+        """Run one SET cell; return rps, p50, p99, cut-short and errors, as run_tool does, and leader-changed.
+
+        On a busy machine PySyncObj may hold an election during a run (a
+        node's ticking thread did not hear from the leader within
+        raftMinTimeout): the run's figures are kept, and the run is flagged.
+        """
+        nodes, roles = start_pysyncobj(self.servers, self.workdir, self.batching)
         try:
-            node = next((n for n in nodes if info(n.port, timeout=10.0)["role"] == self.role), None)
-            if node is None:
-                raise BenchError("no PySyncObj node is a %s right after agreeing on a leader" % self.role)
+            node = nodes[roles.index(self.role)]
             # The node bounds the cell by max_seconds; this bound is for a node that hangs.
             with Connection(node.port, timeout=2 * max_seconds + 60) as conn:
                 reply = conn.call("BENCH", clients=clients, pipeline=pipeline, requests=requests,
@@ -319,15 +324,16 @@ class PySyncObjRuns:
         if reply.get("status") != "OK":
             raise BenchError("%s failed a cell: %s" % (node.name, reply))
         cell = reply["value"]
-        if cell["role_before"] != self.role or cell["role_after"] != self.role:
-            # The run would have measured the other path.
-            raise BenchError("%s was %s at the start of a run and %s at its end: its leader changed"
-                             % (node.name, cell["role_before"], cell["role_after"]))
-        return cell["rps"], cell["p50_ms"], cell["p99_ms"], cell["cut_short"], cell["errors"]
+        leader_changed = cell["role_before"] != self.role or cell["role_after"] != self.role
+        if leader_changed:
+            print("PySyncObj's leader changed during a run: %s was %s at its start and %s at its end"
+                  % (node.name, cell["role_before"], cell["role_after"]), file=sys.stderr, flush=True)
+        return cell["rps"], cell["p50_ms"], cell["p99_ms"], cell["cut_short"], cell["errors"], leader_changed
 
 
-def start_pysyncobj(servers: Servers, workdir: Path, batching: str, timeout: float = 60.0) -> tuple[Server, ...]:
-    """Start three scripts/pysyncobj_node.py on free ports; return them once they agree on a leader.
+def start_pysyncobj(servers: Servers, workdir: Path, batching: str,
+                    timeout: float = 60.0) -> tuple[list[Server], list[str]]:
+    """Start three scripts/pysyncobj_node.py on free ports; once they agree on a leader, return them and their roles.
 
     Of two nodes, the one with the greater address (compared as text) opens
     the connection, and after a failed attempt waits connectionRetryTime (5 s)
@@ -344,13 +350,14 @@ def start_pysyncobj(servers: Servers, workdir: Path, batching: str, timeout: flo
         nodes.append(servers.add(Server("pysyncobj-%s-%d" % (batching, i + 1), argv, control, workdir)))
         nodes[-1].wait_ready(timeout)
 
-    def one_leader() -> bool:
+    def roles_once_agreed() -> Optional[list[str]]:
         infos = [info(node.port, timeout=10.0) for node in nodes]
         leaders = {i["leader"] for i in infos}
-        return (len(leaders) == 1 and None not in leaders
-                and all(i["connected"] == 2 for i in infos if i["role"] == "leader"))
-    wait_until(one_leader, timeout, "the PySyncObj nodes (batching %s) to agree on a leader" % batching)
-    return tuple(nodes)
+        agreed = (len(leaders) == 1 and None not in leaders
+                  and all(i["connected"] == 2 for i in infos if i["role"] == "leader"))
+        return [i["role"] for i in infos] if agreed else None
+    roles = wait_until(roles_once_agreed, timeout, "the PySyncObj nodes (batching %s) to agree on a leader" % batching)
+    return nodes, roles
 
 
 # -- the matrix ------------------------------------------------------------------------------
@@ -390,10 +397,11 @@ def cells(targets: Sequence[Target], tests: Sequence[str]):
 
 
 def summarize(samples: dict[tuple, list[Sample]]) -> dict[tuple, Cell]:
-    """The median of each figure of each cell (any run cut short or with errors marks the cell)."""
+    """The median of each figure of each cell (any run cut short, with errors or an election marks the cell)."""
     return {key: Cell(rps=median([s.rps for s in runs]), p50_ms=median([s.p50_ms for s in runs]),
                       p99_ms=median([s.p99_ms for s in runs]), cpu_us=median([s.cpu_us for s in runs]),
-                      cut_short=any(s.cut_short for s in runs), errors=sum(s.errors for s in runs))
+                      cut_short=any(s.cut_short for s in runs), errors=sum(s.errors for s in runs),
+                      leader_changed=any(s.leader_changed for s in runs))
             for key, runs in samples.items()}
 
 
@@ -416,7 +424,7 @@ MARKS = ("`*` at least one run stopped at --max-seconds before -n requests: the 
 
 def mark(cell: Cell) -> str:
     """The footnote marks of a cell."""
-    return ("*" if cell.cut_short else "") + ("!" if cell.errors else "")
+    return ("*" if cell.cut_short else "") + ("!" if cell.errors else "") + ("†" if cell.leader_changed else "")
 
 
 def rps_text(results: dict[tuple, Cell], row: str, test: str, clients: int, pipeline: int) -> str:
@@ -605,7 +613,9 @@ def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[in
         "",
         comparison_table(results),
         "",
-        "\n".join("- " + note for note in MARKS),
+        "\n".join("- " + note for note in MARKS + (
+            "`†` PySyncObj held an election during at least one run (the measured node did not know the same "
+            "leader at the run's start and end); the figures of that run are kept.",)),
     ])
 
 

@@ -51,7 +51,7 @@ def test_bench_pysyncobj_measures_the_cluster_beside_both_pysyncobj_settings_in_
     assert run.returncode == 0, run.stderr
     text = output.read_text()
     assert "old" not in text and "<!-- bench:begin -->" not in text  # only its own section is written
-    figures = r"([\d,]+)\*?!? \| ([\d.]+)"
+    figures = r"([\d,]+)[*!†]* \| ([\d.]+)"
     rows = re.findall(r"^\| via the (leader|follower), 1 client, -P (1|16) \| %s \| %s \| %s \| ([\d.]+) \| "
                       r"(yes|\*\*no\*\*) \|$" % (figures, figures, figures), text, re.M)
     assert sorted((row[0], row[1]) for row in rows) == [("follower", "1"), ("follower", "16"),
