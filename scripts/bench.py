@@ -325,6 +325,8 @@ class PySyncObjRuns:
             raise BenchError("%s failed a cell: %s" % (node.name, reply))
         cell = reply["value"]
         leader_changed = cell["role_before"] != self.role or cell["role_after"] != self.role
+        if cell["errors"]:
+            print("PySyncObj answered errors in a run: %s" % cell["errors_by_reason"], file=sys.stderr, flush=True)
         if leader_changed:
             print("PySyncObj's leader changed during a run: %s was %s at its start and %s at its end"
                   % (node.name, cell["role_before"], cell["role_after"]), file=sys.stderr, flush=True)

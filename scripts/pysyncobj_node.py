@@ -11,7 +11,7 @@ process. The control port speaks Geomys's MessagePack maps:
     {"command": "INFO"}  -> {"status": "OK", "value": {"self", "leader", "role", "connected"}}
     {"command": "BENCH", "clients": C, "pipeline": P, "requests": N, "max_seconds": S}
                          -> {"status": "OK", "value": {"rps", "p50_ms", "p99_ms", "completed", "cut_short",
-                                                       "errors", "role_before", "role_after"}}
+                                                       "errors", "errors_by_reason", "role_before", "role_after"}}
 
     python scripts/pysyncobj_node.py --port 7100 --partners 127.0.0.1:7101,127.0.0.1:7102 \
         --control-port 7200 --batching off
@@ -129,7 +129,7 @@ def _set_sync(store: ReplicatedDict, key: str, timeout: float, is_timeout) -> li
     except Exception as exc:  # pysyncobj raises SyncObjException(reason) for a failed command
         if is_timeout(exc):
             return []
-        return [(time.perf_counter(), "FAILED_%s" % (exc.args[0] if exc.args else type(exc).__name__))]
+        return [(time.perf_counter(), str(exc.args[0]) if exc.args else type(exc).__name__)]
     return [(time.perf_counter(), None)]
 
 
@@ -141,7 +141,7 @@ def _set_batch(store: ReplicatedDict, keys: list, deadline: float) -> list:
 
     def callback(result, reason) -> None:
         # Called on PySyncObj's ticking thread; reason 0 is FAIL_REASON.SUCCESS.
-        stamps.append((time.perf_counter(), "FAILED_%s" % reason if reason else None))
+        stamps.append((time.perf_counter(), str(reason) if reason else None))
         if len(stamps) == size:
             done.set()
 
@@ -158,13 +158,14 @@ class Node:
     """A PySyncObj node holding one ReplDict, and the answers of its control port."""
 
     def __init__(self, port: int, partners: list[str], batching: str) -> None:
-        from pysyncobj import SyncObj, SyncObjConf, SyncObjException
+        from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
         from pysyncobj.batteries import ReplDict
 
         self.store = ReplDict()
         self.sync_obj = SyncObj("127.0.0.1:%d" % port, partners, consumers=[self.store],
                                 conf=SyncObjConf(**BATCHING[batching]))
         self.timeout_error = SyncObjException
+        self.reason_names = {str(v): k for k, v in vars(FAIL_REASON).items() if k.isupper()}
         self.bench_lock = threading.Lock()
 
     def info(self) -> dict:
@@ -183,7 +184,9 @@ class Node:
             result = run_cell(self.store, clients, pipeline, requests, max_seconds, self._is_timeout)
             return {"rps": result.rps, "p50_ms": result.latency.p50_ms, "p99_ms": result.latency.p99_ms,
                     "completed": result.completed, "cut_short": result.cut_short,
-                    "errors": result.error_count, "role_before": role_before, "role_after": self.info()["role"]}
+                    "errors": result.error_count,
+                    "errors_by_reason": {self.reason_names.get(r, r): n for r, n in result.errors.items()},
+                    "role_before": role_before, "role_after": self.info()["role"]}
 
     def _is_timeout(self, exc: Exception) -> bool:
         return isinstance(exc, self.timeout_error) and exc.args[:1] == ("Timeout",)

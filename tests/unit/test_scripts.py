@@ -143,12 +143,12 @@ def test_a_sync_set_that_times_out_cuts_the_cell_short_but_a_failed_one_is_an_er
     timed_out = pysyncobj_node.run_cell(TimesOut(), 1, 1, 10, 30, is_timeout)
     assert timed_out.cut_short and timed_out.completed == 0 and not timed_out.errors
     failed = pysyncobj_node.run_cell(Fails(), 1, 1, 10, 30, is_timeout)
-    assert not failed.cut_short and failed.completed == 10 and failed.errors == {"FAILED_2": 10}
+    assert not failed.cut_short and failed.completed == 10 and failed.errors == {"2": 10}
 
 
 def test_failed_callbacks_are_counted_as_errors_by_reason():
     result = pysyncobj_node.run_cell(FakeReplDict(release_at=4, reason=2), 1, 4, 8, 30)
-    assert result.completed == 8 and result.errors == {"FAILED_2": 8}
+    assert result.completed == 8 and result.errors == {"2": 8}
 
 
 def test_a_node_is_leader_follower_or_none_by_the_leader_it_knows():
