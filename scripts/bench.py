@@ -3,13 +3,18 @@
 
 Starts every server itself on free 127.0.0.1 ports (the bare baseline of
 scripts/baseline_server.py, Geomys standalone, writethrough, buffered, a
-three-node cluster, and Redis when it is installed), then runs SET, GET and
-INCR at 1 and 50 clients, pipeline 1 and 16. Each cell is run --repeat times,
-the servers taking turns in a rotating order so that drift (CPU frequency,
-the page cache, a noisy neighbour) hits them all alike; medians are quoted.
-Geomys is driven by geomys-benchmark, Redis by redis-benchmark.
+three-node cluster, Redis when it is installed, and two three-node PySyncObj
+clusters), then runs SET, GET and INCR at 1 and 50 clients, pipeline 1 and
+16. Each cell is run --repeat times, the servers taking turns in a rotating
+order so that drift (CPU frequency, the page cache, a noisy neighbour) hits
+them all alike; medians are quoted. Geomys is driven by geomys-benchmark,
+Redis by redis-benchmark, PySyncObj by client threads in one of its nodes
+(scripts/pysyncobj_node.py, which pip installs pysyncobj into this
+interpreter's environment first if needed). The cluster is also compared with
+PySyncObj on SET at 1, 8 and 50 clients, in a section of its own.
 
-    python scripts/bench.py --repeat 3                 # the full matrix, into docs/performance.md
+    python scripts/bench.py --repeat 3                 # everything, into docs/performance.md
+    python scripts/bench.py --pysyncobj --repeat 3     # only the cluster against PySyncObj
     python scripts/bench.py --quick --servers standalone,baseline --tests set --output /tmp/perf.md
 
 Every run is bounded by --max-seconds; the servers are stopped by PID at the
@@ -19,6 +24,7 @@ msgpack and the standard library.
 
 import argparse
 import csv
+import importlib.metadata
 import io
 import re
 import shutil
@@ -27,19 +33,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bench_common import (REPO, BenchError, Server, Servers, add_output_option, command_path, free_port,
-                          machine_summary, median, positive_int, publish, run_main, start_cluster, start_geomys)
+from bench_common import (REPO, BenchError, Connection, Server, Servers, add_output_option, command_path,
+                          free_port, info, machine_summary, median, positive_int, replace_section, run_main,
+                          start_cluster, start_geomys, wait_until)
 
-SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis")
+SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis", "pysyncobj")
 TESTS = ("set", "get", "incr")
 CLIENTS = (1, 50)
 PIPELINES = (1, 16)
 SECTION = "bench"
 BACKLOG_ENTRIES = 100000  # the server's default backlog_entries
+
+# The cluster against PySyncObj: SET only, at one more client count, in a section of its own.
+COMPARISON_CLIENTS = (1, 8, 50)
+COMPARISON_SECTION = "pysyncobj"
+PYSYNCOBJ = "pysyncobj==0.3.17"  # pinned, so a re-run measures the same library
+PYSYNCOBJ_BATCHING = ("off", "2ms")  # the settings of scripts/pysyncobj_node.py
 
 # Rows of the tables, in display order: (row key, label). "cluster" gives two rows.
 ROWS = (
@@ -69,6 +82,8 @@ class Target:
     tests: tuple[str, ...]
     processes: tuple[Server, ...]
     tool: str = "geomys-benchmark"
+    clients: tuple[int, ...] = CLIENTS
+    runner: Optional["PySyncObjRuns"] = None  # runs each cell itself instead of a tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +96,7 @@ class Sample:
     cpu_us: float
     cut_short: bool
     errors: int
+    leader_changed: bool = False  # PySyncObj only: the measured node saw an election during the run
 
 
 Cell = Sample  # a cell's summary has the same fields as one run
@@ -125,25 +141,35 @@ def parse_redis_csv(text: str) -> tuple[float, float, float, bool, int]:
 
 def run_one(target: Target, test: str, clients: int, pipeline: int, requests: int, max_seconds: float) -> Sample:
     """Run one test against one target; the server CPU time is read from /proc around the run."""
+    cpu_before = sum(p.cpu_seconds() for p in target.processes)
+    if target.runner is not None:
+        *figures, leader_changed = target.runner.run(clients, pipeline, requests, max_seconds)
+    else:
+        figures, leader_changed = run_tool(target, test, clients, pipeline, requests, max_seconds), False
+    rps, p50, p99, cut_short, errors = figures
+    cpu = sum(p.cpu_seconds() for p in target.processes) - cpu_before
+    # A run cut short served fewer than `requests`: rps x elapsed would be exact, rps x max_seconds is close.
+    served = min(requests, rps * max_seconds) if cut_short else requests
+    return Sample(rps, p50, p99, cpu / max(served, 1) * 1e6, cut_short, errors, leader_changed)
+
+
+def run_tool(target: Target, test: str, clients: int, pipeline: int, requests: int,
+             max_seconds: float) -> tuple[float, float, float, bool, int]:
+    """Run geomys-benchmark or redis-benchmark once; return rps, p50, p99, cut-short and errors."""
     if target.tool == "redis-benchmark":
         argv, parse = redis_benchmark_argv(target.port, test, clients, pipeline, requests), parse_redis_csv
     else:
         argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds)
         parse = parse_geomys_report
-    cpu_before = sum(p.cpu_seconds() for p in target.processes)
     try:
         # geomys-benchmark bounds itself by --max-seconds; this bound is for a tool that hangs.
         run = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                              timeout=2 * max_seconds + 60)
     except subprocess.TimeoutExpired:
         raise BenchError("%s did not finish: %s" % (argv[0], " ".join(argv))) from None
-    cpu = sum(p.cpu_seconds() for p in target.processes) - cpu_before
     if run.returncode != 0:
         raise BenchError("%s failed (status %d): %s\n%s" % (argv[0], run.returncode, " ".join(argv), run.stderr))
-    rps, p50, p99, cut_short, errors = parse(run.stdout)
-    # A run cut short served fewer than `requests`: rps x elapsed would be exact, rps x max_seconds is close.
-    served = min(requests, rps * max_seconds) if cut_short else requests
-    return Sample(rps, p50, p99, cpu / served * 1e6, cut_short, errors)
+    return parse(run.stdout)
 
 
 # -- the servers ------------------------------------------------------------------------------
@@ -168,13 +194,15 @@ def start_targets(servers: Servers, workdir: Path, names: Sequence[str], warm_up
             server = start_geomys(servers, mode, workdir, "--persistence", mode,
                                   "--persistence_path", str(workdir / ("%s.aof" % mode)))
             targets.append(Target(mode, server.port, TESTS, (server,)))
+    # With PySyncObj in the run, the cluster's SET is measured at its client counts too.
+    cluster_clients = COMPARISON_CLIENTS if "pysyncobj" in names else CLIENTS
     if "cluster" in names:
         nodes = tuple(start_cluster(servers, workdir))
         if warm_up:
             fill_backlog(nodes[0].port)
         # The whole cluster's CPU is counted: a write costs work on every node.
-        targets.append(Target("leader", nodes[0].port, TESTS, nodes))
-        targets.append(Target("follower", nodes[1].port, ("set",), nodes))
+        targets.append(Target("leader", nodes[0].port, TESTS, nodes, clients=cluster_clients))
+        targets.append(Target("follower", nodes[1].port, ("set",), nodes, clients=cluster_clients))
     if "redis" in names and redis_available():
         port = free_port()
         server = servers.add(Server("redis", [
@@ -182,6 +210,12 @@ def start_targets(servers: Servers, workdir: Path, names: Sequence[str], warm_up
             "--dir", str(workdir), "--daemonize", "no"], port, workdir))
         wait_redis(server)
         targets.append(Target("redis", port, TESTS, (server,), tool="redis-benchmark"))
+    if "pysyncobj" in names:
+        ensure_pysyncobj()
+        # No processes of their own to count CPU for: each run starts and stops its cluster.
+        targets += [Target(pysyncobj_row(batching, role), 0, ("set",), (), tool="pysyncobj",
+                           clients=COMPARISON_CLIENTS, runner=PySyncObjRuns(servers, workdir, batching, role))
+                    for batching in PYSYNCOBJ_BATCHING for role in ("leader", "follower")]
     return targets
 
 
@@ -228,6 +262,106 @@ def wait_redis(server: Server, timeout: float = 30.0) -> None:
     raise BenchError("redis-server did not answer PING within %.0f s" % timeout)
 
 
+def pysyncobj_row(batching: str, role: str) -> str:
+    """`pysyncobj-off-leader`: the row of one PySyncObj setting measured through one role."""
+    return "pysyncobj-%s-%s" % (batching, role)
+
+
+def pysyncobj_version() -> Optional[str]:
+    """The version of pysyncobj installed beside this interpreter, or None."""
+    try:
+        return importlib.metadata.version("pysyncobj")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def ensure_pysyncobj() -> None:
+    """Install the pinned pysyncobj into this interpreter's environment unless it is there already."""
+    if pysyncobj_version() == PYSYNCOBJ.split("==")[1]:
+        return
+    print("installing %s into %s" % (PYSYNCOBJ, sys.prefix), file=sys.stderr, flush=True)
+    try:
+        run = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", PYSYNCOBJ], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise BenchError("pip install %s did not finish in 600 s" % PYSYNCOBJ) from None
+    importlib.invalidate_caches()
+    if run.returncode != 0 or pysyncobj_version() is None:
+        raise BenchError("pip install %s failed:\n%s" % (PYSYNCOBJ, run.stderr))
+
+
+class PySyncObjRuns:
+    """One PySyncObj row: each run on a fresh three-node cluster, in the node that has the row's role.
+
+    A fresh cluster per run, because an idle PySyncObj node keeps ticking
+    (three nodes batching every 2 ms use about a fifth of a core doing
+    nothing), which would slow every other system measured meanwhile; and
+    each run then starts from an empty dict. Starting takes a few seconds,
+    untimed.
+    """
+
+    def __init__(self, servers: Servers, workdir: Path, batching: str, role: str) -> None:
+        self.servers, self.workdir, self.batching, self.role = servers, workdir, batching, role
+
+    def run(self, clients: int, pipeline: int, requests: int,
+            max_seconds: float) -> tuple[float, float, float, bool, int, bool]:
+        """Run one SET cell; return rps, p50, p99, cut-short and errors, as run_tool does, and leader-changed.
+
+        On a busy machine PySyncObj may hold an election during a run (a
+        node's ticking thread did not hear from the leader within
+        raftMinTimeout): the run's figures are kept, and the run is flagged.
+        """
+        nodes, roles = start_pysyncobj(self.servers, self.workdir, self.batching)
+        try:
+            node = nodes[roles.index(self.role)]
+            # The node bounds the cell by max_seconds; this bound is for a node that hangs.
+            with Connection(node.port, timeout=2 * max_seconds + 60) as conn:
+                reply = conn.call("BENCH", clients=clients, pipeline=pipeline, requests=requests,
+                                  max_seconds=max_seconds)
+        finally:
+            for node in nodes:
+                node.stop()
+        if reply.get("status") != "OK":
+            raise BenchError("%s failed a cell: %s" % (node.name, reply))
+        cell = reply["value"]
+        leader_changed = cell["role_before"] != self.role or cell["role_after"] != self.role
+        if cell["errors"]:
+            print("PySyncObj answered errors in a run: %s" % cell["errors_by_reason"], file=sys.stderr, flush=True)
+        if leader_changed:
+            print("PySyncObj's leader changed during a run: %s was %s at its start and %s at its end"
+                  % (node.name, cell["role_before"], cell["role_after"]), file=sys.stderr, flush=True)
+        return cell["rps"], cell["p50_ms"], cell["p99_ms"], cell["cut_short"], cell["errors"], leader_changed
+
+
+def start_pysyncobj(servers: Servers, workdir: Path, batching: str,
+                    timeout: float = 60.0) -> tuple[list[Server], list[str]]:
+    """Start three scripts/pysyncobj_node.py on free ports; once they agree on a leader, return them and their roles.
+
+    Of two nodes, the one with the greater address (compared as text) opens
+    the connection, and after a failed attempt waits connectionRetryTime (5 s)
+    to try again; so the nodes start in order of their addresses, each once
+    the one before it answers (its Raft port is bound by then).
+    """
+    addresses = sorted("127.0.0.1:%d" % free_port() for _ in range(3))
+    nodes = []
+    for i, address in enumerate(addresses):
+        control = free_port()
+        argv = [sys.executable, str(REPO / "scripts" / "pysyncobj_node.py"), "--port", address.rsplit(":", 1)[1],
+                "--partners", ",".join(a for a in addresses if a != address), "--control-port", str(control),
+                "--batching", batching]
+        nodes.append(servers.add(Server("pysyncobj-%s-%d" % (batching, i + 1), argv, control, workdir)))
+        nodes[-1].wait_ready(timeout)
+
+    def roles_once_agreed() -> Optional[list[str]]:
+        infos = [info(node.port, timeout=10.0) for node in nodes]
+        leaders = {i["leader"] for i in infos}
+        agreed = (len(leaders) == 1 and None not in leaders
+                  and all(i["connected"] == 2 for i in infos if i["role"] == "leader"))
+        return [i["role"] for i in infos] if agreed else None
+    roles = wait_until(roles_once_agreed, timeout, "the PySyncObj nodes (batching %s) to agree on a leader" % batching)
+    return nodes, roles
+
+
 # -- the matrix ------------------------------------------------------------------------------
 
 
@@ -243,37 +377,33 @@ def run_matrix(targets: Sequence[Target], tests: Sequence[str], repeat: int, req
     started = time.monotonic()
     for rep in range(repeat):
         order = list(targets[rep % len(targets):]) + list(targets[:rep % len(targets)])
-        for clients in CLIENTS:
-            for pipeline in PIPELINES:
-                for test in tests:
-                    for target in order:
-                        if test not in target.tests:
-                            continue
-                        sample = run_one(target, test, clients, pipeline, requests[pipeline], max_seconds)
-                        samples.setdefault((target.row, test, clients, pipeline), []).append(sample)
-                        done += 1
-                        print("[%3d/%d %5.0fs] rep %d  %-12s %-4s c=%-2d P=%-2d %10.0f req/s%s"
-                              % (done, total, time.monotonic() - started, rep + 1, target.row, test, clients,
-                                 pipeline, sample.rps, "  (cut short)" if sample.cut_short else ""),
-                              file=sys.stderr, flush=True)
+        for target, test, clients, pipeline in cells(order, tests):
+            sample = run_one(target, test, clients, pipeline, requests[pipeline], max_seconds)
+            samples.setdefault((target.row, test, clients, pipeline), []).append(sample)
+            done += 1
+            print("[%3d/%d %5.0fs] rep %d  %-22s %-4s c=%-2d P=%-2d %10.0f req/s%s"
+                  % (done, total, time.monotonic() - started, rep + 1, target.row, test, clients,
+                     pipeline, sample.rps, "  (cut short)" if sample.cut_short else ""),
+                  file=sys.stderr, flush=True)
     return samples
 
 
 def cells(targets: Sequence[Target], tests: Sequence[str]):
-    """Every (target, test, clients, pipeline) the matrix runs once per repetition."""
-    for clients in CLIENTS:
+    """Every (target, test, clients, pipeline) the matrix runs once per repetition, in `targets` order."""
+    for clients in sorted({c for target in targets for c in target.clients}):
         for pipeline in PIPELINES:
             for test in tests:
                 for target in targets:
-                    if test in target.tests:
+                    if test in target.tests and clients in target.clients:
                         yield target, test, clients, pipeline
 
 
 def summarize(samples: dict[tuple, list[Sample]]) -> dict[tuple, Cell]:
-    """The median of each figure of each cell (any run cut short or with errors marks the cell)."""
+    """The median of each figure of each cell (any run cut short, with errors or an election marks the cell)."""
     return {key: Cell(rps=median([s.rps for s in runs]), p50_ms=median([s.p50_ms for s in runs]),
                       p99_ms=median([s.p99_ms for s in runs]), cpu_us=median([s.cpu_us for s in runs]),
-                      cut_short=any(s.cut_short for s in runs), errors=sum(s.errors for s in runs))
+                      cut_short=any(s.cut_short for s in runs), errors=sum(s.errors for s in runs),
+                      leader_changed=any(s.leader_changed for s in runs))
             for key, runs in samples.items()}
 
 
@@ -289,9 +419,14 @@ def ratio(results: dict[tuple, Cell], row: str, base_row: str, test: str, client
     return cell.rps / base.rps
 
 
+# What the marks of `mark` mean, as footnotes under a table.
+MARKS = ("`*` at least one run stopped at --max-seconds before -n requests: the rate is over the requests "
+         "completed.", "`!` some replies were errors.")
+
+
 def mark(cell: Cell) -> str:
     """The footnote marks of a cell."""
-    return ("*" if cell.cut_short else "") + ("!" if cell.errors else "")
+    return ("*" if cell.cut_short else "") + ("!" if cell.errors else "") + ("†" if cell.leader_changed else "")
 
 
 def rps_text(results: dict[tuple, Cell], row: str, test: str, clients: int, pipeline: int) -> str:
@@ -379,25 +514,21 @@ def render(results: dict[tuple, Cell], names: Sequence[str], tests: Sequence[str
     redis_label = ("Redis %s (redis-benchmark)" % redis_version()) if "redis" in names and redis_available() else ""
     rows = [(row, redis_label if row == "redis" else label) for row, label in ROWS]
     parts = [
-        "Generated by `%s` on %s (%s); took %.0f s."
-        % (" ".join(["python scripts/bench.py", *argv]), time.strftime("%Y-%m-%d"), machine_summary(), seconds),
+        generated_line(argv, seconds),
         "",
-        "Each figure is the median of %d run%s; in every repetition the servers took turns in a rotating "
-        "order. -n %d at pipeline 1, -n %d at pipeline 16; each run stopped after %g s at most. "
-        "geomys-benchmark ran with its default `--procs` (one client process per core, at most one per "
+        method_line(repeat, requests, max_seconds) +
+        " geomys-benchmark ran with its default `--procs` (one client process per core, at most one per "
         "connection). In brackets: the ratio to the baseline's median in the same cell. %s"
         "Server CPU is user + system time of the server process (the sum of all three nodes for the "
         "cluster rows) over the requests of the run, from /proc/PID/stat (10 ms ticks)."
-        % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds,
-           "Before the first run the cluster took %d untimed SETs, so its replication backlog was full "
-           "throughout, as on a leader that has run for a while. " % BACKLOG_ENTRIES if warmed_up else ""),
+        % (warm_up_note() if warmed_up else ""),
         "",
     ]
     for clients in CLIENTS:
         for pipeline in PIPELINES:
-            parts += [config_table(results, rows, tests, clients, pipeline, requests[pipeline]), ""]
-    notes = ["`*` at least one run stopped at --max-seconds before -n requests: the rate is over the "
-             "requests completed.", "`!` some replies were errors."]
+            if any(key[2:] == (clients, pipeline) for key in results):
+                parts += [config_table(results, rows, tests, clients, pipeline, requests[pipeline]), ""]
+    notes = list(MARKS)
     if "redis" in names:
         if redis_available():
             notes.append("Redis is measured with its own tool (redis-benchmark, a C client, single-threaded) "
@@ -410,6 +541,84 @@ def render(results: dict[tuple, Cell], names: Sequence[str], tests: Sequence[str
               "#### Goals", "", goals_table(results), "",
               "#### SET latency in the cluster", "", latency_table(results)]
     return "\n".join(parts)
+
+
+def generated_line(argv: Sequence[str], seconds: float) -> str:
+    """The first line of a generated section: the command, the date, the machine, the time taken."""
+    return ("Generated by `%s` on %s (%s); took %.0f s."
+            % (" ".join(["python scripts/bench.py", *argv]), time.strftime("%Y-%m-%d"), machine_summary(), seconds))
+
+
+def method_line(repeat: int, requests: dict[int, int], max_seconds: float) -> str:
+    """How often each cell ran, in what order, with which -n and time bound."""
+    return ("Each figure is the median of %d run%s; in every repetition the servers took turns in a rotating "
+            "order. -n %d at pipeline 1, -n %d at pipeline 16; each run stopped after %g s at most."
+            % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds))
+
+
+def warm_up_note() -> str:
+    """What fill_backlog did before the first run."""
+    return ("Before the first run the cluster took %d untimed SETs, so its replication backlog was full "
+            "throughout, as on a leader that has run for a while. " % BACKLOG_ENTRIES)
+
+
+def comparison_rows(results: dict[tuple, Cell]) -> list[tuple]:
+    """Per SET cell of the comparison: (role, clients, pipeline, Geomys, PySyncObj per setting, ratio).
+
+    The ratio is Geomys's rate over the faster PySyncObj setting's in the
+    same cell (None when either side is missing), so "ahead" means ahead of both.
+    """
+    rows = []
+    for role in ("leader", "follower"):
+        for clients in COMPARISON_CLIENTS:
+            for pipeline in PIPELINES:
+                geomys = results.get((role, "set", clients, pipeline))
+                peers = tuple(results.get((pysyncobj_row(b, role), "set", clients, pipeline))
+                              for b in PYSYNCOBJ_BATCHING)
+                measured = [peer.rps for peer in peers if peer is not None]
+                value = geomys.rps / max(measured) if geomys is not None and measured and max(measured) else None
+                rows.append((role, clients, pipeline, geomys, peers, value))
+    return rows
+
+
+def comparison_table(results: dict[tuple, Cell]) -> str:
+    """SET through the leader and through a follower: Geomys and PySyncObj side by side, req/s and p50."""
+    def figures(cell: Optional[Cell]) -> str:
+        return "– | –" if cell is None else "{:,.0f}{} | {:.2f}".format(cell.rps, mark(cell), cell.p50_ms)
+
+    lines = ["| SET | Geomys req/s | p50 ms | %s | Geomys ÷ faster PySyncObj | Geomys ahead |"
+             % " | ".join("PySyncObj, batching %s req/s | p50 ms" % b.replace("ms", " ms")
+                          for b in PYSYNCOBJ_BATCHING),
+             "|---|---:|---:|%s---:|---|" % ("---:|---:|" * len(PYSYNCOBJ_BATCHING))]
+    for role, clients, pipeline, geomys, peers, value in comparison_rows(results):
+        if geomys is None and all(peer is None for peer in peers):
+            continue
+        verdict = "–" if value is None else "yes" if value > 1 else "**no**"
+        lines.append("| via the %s, %d client%s, -P %d | %s | %s | %s | %s |"
+                     % (role, clients, "" if clients == 1 else "s", pipeline, figures(geomys),
+                        " | ".join(figures(peer) for peer in peers),
+                        "–" if value is None else ratio_text(value), verdict))
+    return "\n".join(lines)
+
+
+def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[int, int], max_seconds: float,
+                      warmed_up: bool, argv: Sequence[str], seconds: float) -> str:
+    """The generated markdown of the cluster against PySyncObj."""
+    return "\n".join([
+        generated_line(argv, seconds) + " pysyncobj %s." % (pysyncobj_version() or "?"),
+        "",
+        "SET of a fresh key per request, 3-byte values, -n split evenly over the clients. "
+        + method_line(repeat, requests, max_seconds) +
+        " Geomys: its 3-node cluster driven by geomys-benchmark over TCP. %sPySyncObj: three "
+        "scripts/pysyncobj_node.py processes, an in-memory ReplDict, the client threads inside the measured "
+        "node's process, a fresh cluster for every run (started untimed)." % (warm_up_note() if warmed_up else ""),
+        "",
+        comparison_table(results),
+        "",
+        "\n".join("- " + note for note in MARKS + (
+            "`†` PySyncObj held an election during at least one run (the measured node did not know the same "
+            "leader at the run's start and end); the figures of that run are kept.",)),
+    ])
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -438,10 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="-n of the pipeline-1 runs (default 20000, --quick 2000); pipeline-16 runs use 5 x N")
     add("--max-seconds", type=float, default=20.0, metavar="S",
         help="bound of each run, passed to geomys-benchmark (default %(default)s)")
-    add("--servers", type=parse_list(SERVERS), default=SERVERS, metavar="LIST",
-        help="comma list from %s (default all; redis only if installed)" % ",".join(SERVERS))
-    add("--tests", type=parse_list(TESTS), default=TESTS, metavar="LIST",
+    add("--servers", type=parse_list(SERVERS), default=None, metavar="LIST",
+        help="comma list from %s (default all; redis only if installed; pysyncobj is pip installed "
+             "into this interpreter's environment if missing)" % ",".join(SERVERS))
+    add("--tests", type=parse_list(TESTS), default=None, metavar="LIST",
         help="comma list from %s (default all)" % ",".join(TESTS))
+    add("--clients", type=parse_list([str(c) for c in COMPARISON_CLIENTS]), default=None, metavar="LIST",
+        help="comma list of client counts to run, from %s (default all: %s for most servers, also %s for "
+             "the cluster against PySyncObj)" % (",".join(map(str, COMPARISON_CLIENTS)),
+                                                 ",".join(map(str, CLIENTS)),
+                                                 ",".join(map(str, sorted(set(COMPARISON_CLIENTS) - set(CLIENTS))))))
+    add("--pysyncobj", action="store_true",
+        help="only the 3-node cluster against PySyncObj (SET at %s clients), written into its own section"
+             % "/".join(map(str, COMPARISON_CLIENTS)))
     add_output_option(parser)
     return parser
 
@@ -449,17 +667,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the matrix, print the tables and write them into --output."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pysyncobj and (args.servers or args.tests):
+        parser.error("--pysyncobj chooses its servers and tests itself")
+    names = ("cluster", "pysyncobj") if args.pysyncobj else args.servers or SERVERS
+    tests = ("set",) if args.pysyncobj else args.tests or TESTS
     repeat = args.repeat or (1 if args.quick else 3)
     base_n = args.requests or (2000 if args.quick else 20000)
     requests = {1: base_n, 16: 5 * base_n}
+    warmed_up = "cluster" in names and not args.quick
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
-        targets = start_targets(servers, Path(tmp), args.servers, warm_up=not args.quick)
-        samples = run_matrix(targets, args.tests, repeat, requests, args.max_seconds)
-    text = render(summarize(samples), args.servers, args.tests, repeat, requests, args.max_seconds,
-                  "cluster" in args.servers and not args.quick, argv, time.monotonic() - started)
-    publish(text, args.output, SECTION)
+        targets = start_targets(servers, Path(tmp), names, warm_up=warmed_up)
+        if args.clients:
+            targets = [replace(t, clients=tuple(c for c in t.clients if str(c) in args.clients)) for t in targets]
+        samples = run_matrix(targets, tests, repeat, requests, args.max_seconds)
+    results, seconds = summarize(samples), time.monotonic() - started
+    sections = []
+    if not args.pysyncobj:
+        sections.append((SECTION, render(results, names, tests, repeat, requests, args.max_seconds, warmed_up,
+                                          argv, seconds)))
+    if "pysyncobj" in names and "set" in tests:
+        sections.append((COMPARISON_SECTION, render_comparison(results, repeat, requests, args.max_seconds,
+                                                               warmed_up, argv, seconds)))
+    for name, text in sections:
+        print(text + "\n")
+        replace_section(args.output, name, text)
+    print("written into %s" % args.output, file=sys.stderr)
     return 0
 
 

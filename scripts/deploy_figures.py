@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Connection, Server, Servers, command_path, free_port, geomys_argv,
-                          info, machine_summary, median, positive_int, replace_section, run_main, start_cluster,
-                          wait_until)
+                          info, machine_summary, median, positive_int, replace_section, run_main, start_cluster)
 from memory_bench import load_geomys, time_to_pong
 
 SECTION = "deploy_figures"

@@ -42,6 +42,25 @@ def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(t
     assert "Geomys standalone" in run.stdout  # the tables are printed too
 
 
+def test_bench_pysyncobj_measures_the_cluster_beside_both_pysyncobj_settings_in_its_own_section(tmp_path):
+    output = tmp_path / "performance.md"
+    output.write_text("prose\n\n<!-- pysyncobj:begin -->\nold\n<!-- pysyncobj:end -->\n")
+    # One client count and a small -n keep it short; pysyncobj is pip installed if it is missing.
+    run = run_script("bench.py", "--pysyncobj", "--quick", "--clients", "1", "--requests", "100",
+                     "--max-seconds", "5", "--output", str(output), timeout=240)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert "old" not in text and "<!-- bench:begin -->" not in text  # only its own section is written
+    figures = r"([\d,]+)[*!†]* \| ([\d.]+)"
+    rows = re.findall(r"^\| via the (leader|follower), 1 client, -P (1|16) \| %s \| %s \| %s \| ([\d.]+) \| "
+                      r"(yes|\*\*no\*\*) \|$" % (figures, figures, figures), text, re.M)
+    assert sorted((row[0], row[1]) for row in rows) == [("follower", "1"), ("follower", "16"),
+                                                        ("leader", "1"), ("leader", "16")]
+    for row in rows:
+        assert all(int(rps.replace(",", "")) > 0 for rps in row[2:8:2])  # Geomys, batching off, 2 ms
+        assert all(float(p50) > 0 for p50 in row[3:8:2]) and float(row[8]) > 0
+
+
 def test_failover_time_reports_a_positive_time_with_test_timings(tmp_path):
     output = tmp_path / "performance.md"
     run = run_script("failover_time.py", "--timings", "0.2/1.0", "--trials", "1", "--output", str(output))

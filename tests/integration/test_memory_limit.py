@@ -7,7 +7,7 @@ served at start.
 
 import pytest
 
-from tests.helpers import ServerProcess, RawClient, process_status, wait_until
+from tests.helpers import RawClient, process_status, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""The pure parts of the scripts in scripts/: reading py-spy's output, summarising fault figures.
+"""The pure parts of the scripts in scripts/: reading py-spy's output, summarising fault figures,
+running and tabulating the PySyncObj comparison.
 
 The scripts' end-to-end runs are in tests/integration/test_bench_scripts.py
 (sampling with py-spy and the long fault run are not part of the test suite).
@@ -7,6 +8,7 @@ The scripts' end-to-end runs are in tests/integration/test_bench_scripts.py
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ def load_script(name: str):
 profile = load_script("profile_hot_path")
 faults = load_script("faults")
 bench_common = load_script("bench_common")
+bench = load_script("bench")
+pysyncobj_node = load_script("pysyncobj_node")  # imports pysyncobj only when a node starts
 
 
 DOCS = SCRIPTS.parent / "docs"
@@ -161,3 +165,110 @@ def test_make_certs_parses_node_addresses():
 def test_make_certs_refuses_a_node_without_an_id_or_an_address(bad):
     with pytest.raises(make_certs.argparse.ArgumentTypeError):
         make_certs.parse_node(bad)
+
+
+# -- the PySyncObj comparison ------------------------------------------------------------------
+
+
+class FakeReplDict:
+    """ReplDict.set's calling conventions over a plain dict.
+
+    A callback-style set is held until `release_at` sets are pending, then all
+    pending callbacks run (with `reason`), the way a leader answers a batch;
+    `release_at=None` never answers. A sync set answers at once.
+    """
+
+    def __init__(self, release_at=None, reason=0):
+        self.data, self.pending, self.most_pending = {}, [], 0
+        self.release_at, self.reason = release_at, reason
+        self.lock = threading.Lock()
+
+    def set(self, key, value, sync=False, timeout=None, callback=None):
+        with self.lock:
+            assert key not in self.data, "every SET of a cell writes a fresh key"
+            self.data[key] = value
+            if callback is None:
+                return None
+            self.pending.append(callback)
+            self.most_pending = max(self.most_pending, len(self.pending))
+            if len(self.pending) != self.release_at:
+                return None
+            answered, self.pending = self.pending, []
+        for answer in answered:
+            answer(None, self.reason)
+        return None
+
+
+def test_a_cell_sets_every_requested_key_once_over_its_client_threads():
+    store = FakeReplDict()
+    result = pysyncobj_node.run_cell(store, clients=3, pipeline=1, requests=100, max_seconds=30)
+    assert (result.completed, result.cut_short, result.error_count) == (100, False, 0)
+    assert len(store.data) == 100 and set(store.data.values()) == {"xxx"}
+    assert result.latency.count == 100 and result.rps > 0
+
+
+def test_a_pipelined_client_issues_its_whole_batch_before_it_waits_and_never_more():
+    store = FakeReplDict(release_at=16)  # answers only once 16 are pending
+    result = pysyncobj_node.run_cell(store, clients=1, pipeline=16, requests=96, max_seconds=30)
+    assert (result.completed, result.cut_short) == (96, False)
+    assert store.most_pending == 16 and result.latency.count == 96
+
+
+def test_sets_unanswered_at_the_deadline_are_not_counted_and_the_cell_says_it_was_cut_short():
+    store = FakeReplDict(release_at=None)
+    result = pysyncobj_node.run_cell(store, clients=2, pipeline=16, requests=64, max_seconds=0.2)
+    assert result.cut_short and result.completed == 0
+    assert len(store.data) == 32  # each client sent its first batch of 16, then waited
+
+
+def test_a_sync_set_that_times_out_cuts_the_cell_short_but_a_failed_one_is_an_error():
+    class TimesOut(FakeReplDict):
+        def set(self, key, value, sync=False, timeout=None, callback=None):
+            raise RuntimeError("Timeout")
+
+    class Fails(FakeReplDict):
+        def set(self, key, value, sync=False, timeout=None, callback=None):
+            raise RuntimeError(2)
+
+    def is_timeout(exc):
+        return exc.args == ("Timeout",)
+    timed_out = pysyncobj_node.run_cell(TimesOut(), 1, 1, 10, 30, is_timeout)
+    assert timed_out.cut_short and timed_out.completed == 0 and not timed_out.errors
+    failed = pysyncobj_node.run_cell(Fails(), 1, 1, 10, 30, is_timeout)
+    assert not failed.cut_short and failed.completed == 10 and failed.errors == {"2": 10}
+
+
+def test_failed_callbacks_are_counted_as_errors_by_reason():
+    result = pysyncobj_node.run_cell(FakeReplDict(release_at=4, reason=2), 1, 4, 8, 30)
+    assert result.completed == 8 and result.errors == {"2": 8}
+
+
+def test_a_node_is_leader_follower_or_none_by_the_leader_it_knows():
+    assert pysyncobj_node.role_of("127.0.0.1:1", "127.0.0.1:1") == "leader"
+    assert pysyncobj_node.role_of("127.0.0.1:1", "127.0.0.1:2") == "follower"
+    assert pysyncobj_node.role_of("127.0.0.1:1", None) == "none"
+
+
+def cell(rps, p50=1.0):
+    return bench.Cell(rps=rps, p50_ms=p50, p99_ms=2 * p50, cpu_us=0.0, cut_short=False, errors=0)
+
+
+def test_geomys_is_compared_with_the_faster_pysyncobj_setting_of_each_cell():
+    results = {("leader", "set", 1, 1): cell(1000), ("pysyncobj-off-leader", "set", 1, 1): cell(2000),
+               ("pysyncobj-2ms-leader", "set", 1, 1): cell(500),
+               ("follower", "set", 8, 16): cell(900), ("pysyncobj-2ms-follower", "set", 8, 16): cell(300)}
+    rows = {(role, clients, pipeline): value for role, clients, pipeline, _, _, value in bench.comparison_rows(results)}
+    assert len(rows) == 2 * 3 * 2  # leader and follower, 1/8/50 clients, -P 1 and 16
+    assert rows[("leader", 1, 1)] == 0.5
+    assert rows[("follower", 8, 16)] == 3.0  # only one setting measured: compared with it
+    assert rows[("leader", 50, 16)] is None
+
+
+def test_the_comparison_table_says_where_geomys_is_ahead_and_skips_cells_not_measured():
+    results = {("leader", "set", 1, 1): cell(1000, 0.9), ("pysyncobj-off-leader", "set", 1, 1): cell(2000, 0.4),
+               ("pysyncobj-2ms-leader", "set", 1, 1): cell(500, 3.0),
+               ("follower", "set", 50, 16): cell(9000, 40.0)}
+    table = bench.comparison_table(results).splitlines()
+    assert len(table) == 2 + 2  # header, rule, two measured cells
+    assert table[2] == "| via the leader, 1 client, -P 1 | 1,000 | 0.90 | 2,000 | 0.40 | 500 | 3.00 | 0.50 | **no** |"
+    assert table[3] == "| via the follower, 50 clients, -P 16 | 9,000 | 40.00 | – | – | – | – | – | – |"
