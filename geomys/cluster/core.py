@@ -15,8 +15,8 @@ Following one write, top to bottom of this file: `propose` appends the entry
 and `_send_append` ships it to each follower; a follower's `_on_append`
 checks that it extends its log and answers; the leader's `_on_append_reply`
 records the follower's progress and `_advance_commit` moves the commit point
-once a majority holds the entry, which the next `Append` carries to the
-followers, whose `_apply_committed` hands it to their stores.
+once a majority holds the entry, which the next `Append` (or a `Commit`)
+carries to the followers, whose `_apply_committed` hands it to their stores.
 """
 
 import logging
