@@ -67,6 +67,7 @@ class GeomysNode:
         self.clock = SystemClock()
         self.store = Store()
         self.engine = Engine(self.store, self.clock, requirepass=config.requirepass)
+        self.engine.consistent_by_default = config.read_consistency == "linearizable"
         self.aof: Optional[AppendOnlyFile] = None
         self.server: Optional[GeomysServer] = None       # plaintext clients (none if port = 0)
         self.tls_server: Optional[GeomysServer] = None   # TLS clients (tls_port)
@@ -165,6 +166,7 @@ class GeomysNode:
                                                  config.max_request_bytes + (4 << 20),
                                                  credentials=cluster_tls and cluster_tls.grpc_server_credentials())
             self.engine.add_info_source(self.cluster.info)
+            self.engine.read_barrier = self.cluster.read_barrier
             if config.mode == "bootstrap":
                 self.engine.add_sink(self.cluster)
                 self.cluster.bootstrap()

@@ -132,8 +132,18 @@ def _map(reply: dict) -> dict:
 class _Commands:
     """One method per server command; subclasses decide whether a request runs now or is queued."""
 
+    consistent: Optional[bool] = None   # what reads send as 'consistent' when a call does not say
+
     def _request(self, request: dict, convert: Convert) -> Any:
         raise NotImplementedError
+
+    def _read(self, request: dict, consistent: Optional[bool]) -> dict:
+        """Add the 'consistent' field a read asks for (none: the server's read_consistency decides)."""
+        if consistent is None:
+            consistent = self.consistent
+        if consistent is not None:
+            request["consistent"] = consistent
+        return request
 
     def execute_command(self, command: str, **fields: Any) -> Any:
         """Send `{'command': command, **fields}`; the result is the whole reply map."""
@@ -154,9 +164,13 @@ class _Commands:
             request["exp"] = exp
         return self._request(request, _true)
 
-    def get(self, key: str | bytes) -> Any:
-        """GET -> the stored value (str, or bytes if it was stored as bin). NotFound, WrongType."""
-        return self._request({"command": "GET", "key": key}, _value)
+    def get(self, key: str | bytes, consistent: Optional[bool] = None) -> Any:
+        """GET -> the stored value (str, or bytes if it was stored as bin). NotFound, WrongType.
+
+        `consistent=True` asks a cluster node for a linearizable read (NoLeader
+        if it cannot confirm one); None sends what the Client was created with.
+        """
+        return self._request(self._read({"command": "GET", "key": key}, consistent), _value)
 
     def incr(self, key: str | bytes, offset: int = 1) -> Any:
         """INCR -> the new value as an int. NotInteger, Overflow, BadRequest if `offset` < 0."""
@@ -182,17 +196,17 @@ class _Commands:
         """BRPOP -> the last element, waiting up to `timeout` seconds (0: forever). Timeout, WrongType."""
         return self._request({"command": "BRPOP", "key": key, "timeout": timeout}, _value)
 
-    def llen(self, key: str | bytes) -> Any:
-        """LLEN -> the list's length as an int (0 if absent). WrongType."""
-        return self._request({"command": "LLEN", "key": key}, _int)
+    def llen(self, key: str | bytes, consistent: Optional[bool] = None) -> Any:
+        """LLEN -> the list's length as an int (0 if absent). WrongType. `consistent`: as for get."""
+        return self._request(self._read({"command": "LLEN", "key": key}, consistent), _int)
 
     def delete(self, key: str | bytes) -> Any:
         """DEL -> the number of keys removed as an int: 1, or 0 if `key` was absent."""
         return self._request({"command": "DEL", "key": key}, _int)
 
-    def exists(self, key: str | bytes) -> Any:
-        """EXISTS -> True if `key` exists, else False (a bool, not the wire's 1/0)."""
-        return self._request({"command": "EXISTS", "key": key}, _bool)
+    def exists(self, key: str | bytes, consistent: Optional[bool] = None) -> Any:
+        """EXISTS -> True if `key` exists, else False (a bool, not the wire's 1/0). `consistent`: as for get."""
+        return self._request(self._read({"command": "EXISTS", "key": key}, consistent), _bool)
 
     def flushdb(self) -> Any:
         """FLUSHDB -> True, once every key (and the persisted file) is cleared."""
@@ -227,14 +241,21 @@ class Client(_Commands):
     the system's CAs) and, unless `ssl_check_hostname` is False, name `host`.
     `ssl_certfile` and `ssl_keyfile` are the client certificate a server
     with tls_auth_clients asks for. Bad files raise geomys.tls.TlsError here.
+
+    `consistent` is what get, llen and exists send as their 'consistent'
+    field when a call does not say: True asks a cluster node for linearizable
+    reads, False for local ones; None sends nothing, so the server's
+    read_consistency decides (docs/cluster.md).
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, password: Optional[str] = None,
                  timeout: Optional[float] = None, *,
                  connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT, ssl: bool = False,
                  ssl_ca_certs: Optional[str] = None, ssl_certfile: Optional[str] = None,
-                 ssl_keyfile: Optional[str] = None, ssl_check_hostname: bool = True) -> None:
+                 ssl_keyfile: Optional[str] = None, ssl_check_hostname: bool = True,
+                 consistent: Optional[bool] = None) -> None:
         self.host = host
+        self.consistent = consistent
         self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -405,6 +426,7 @@ class Pipeline(_Commands):
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self.consistent = client.consistent
         self._queue: list[tuple[dict, Convert]] = []
 
     def __len__(self) -> int:

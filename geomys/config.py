@@ -33,6 +33,7 @@ from .tls import AUTH_CLIENTS
 
 DEFAULT_CONFIG_FILE = "~/.geomys/geomys.conf"
 
+READ_CONSISTENCIES = ("local", "linearizable")
 PERSISTENCE_MODES = {
     "none": "none",
     "writethrough": "writethrough",
@@ -102,6 +103,13 @@ def _persistence(text) -> str:
     return mode
 
 
+def _read_consistency(text) -> str:
+    value = str(text).strip().lower()
+    if value not in READ_CONSISTENCIES:
+        raise ValueError("must be one of " + ", ".join(READ_CONSISTENCIES))
+    return value
+
+
 def _log_level(text) -> str:
     level = str(text).strip().upper()
     if level not in LOG_LEVELS:
@@ -129,6 +137,7 @@ _auth_clients.__name__ = "no, optional or yes"
 _bool.__name__ = "yes/no"
 _persistence.__name__ = "persistence mode"
 _log_level.__name__ = "log level"
+_read_consistency.__name__ = "local or linearizable"
 _address.__name__ = "HOST:PORT"
 _size.__name__ = "size"
 
@@ -167,6 +176,9 @@ OPTIONS = (
     Option("failure_timeout", _positive_float, 15.0,
            "seconds of silence before a node counts as failed (at least 2 x heartbeat_interval)"),
     Option("rpc_timeout", _positive_float, 2.0, "deadline in seconds of one call between nodes"),
+    Option("read_consistency", _read_consistency, "local",
+           "GET, LLEN and EXISTS without a 'consistent' field: local (this node's store as it is) or "
+           "linearizable (confirmed with the leader first; docs/cluster.md)"),
     Option("backlog_entries", _positive_int, 100000,
            "log entries the leader keeps in memory to catch followers up without a snapshot"),
     Option("backlog_bytes", _positive_int, 64 * 1024 * 1024, "...and at most this many bytes of them"),
@@ -214,6 +226,7 @@ class Config:
     heartbeat_interval: float
     failure_timeout: float
     rpc_timeout: float
+    read_consistency: str
     backlog_entries: int
     backlog_bytes: int
     join_timeout: float

@@ -18,6 +18,7 @@ from .clock import Clock
 from . import digest as digest_mod
 from . import records as records_mod
 from .commands import TABLE, lookup
+from .commands.table import CONSISTENT
 from .errors import AuthRequired, BadRequest, GeomysError, OutOfMemory, Timeout, UnknownCommand, describe_key
 from .memory import format_size, rss_bytes
 from .protocol import error_reply
@@ -99,6 +100,11 @@ class Engine:
         # a cluster follower forwards them to its leader through this callable
         # (a list of requests in, their replies out).
         self.forwarder: Optional[Callable[[list, Context], list]] = None
+        # A cluster node's read index (geomys.cluster.node): returns once the
+        # store holds every write acknowledged before the call, or raises.
+        # Called before a hold of the lock that runs a linearizable read.
+        self.read_barrier: Optional[Callable[[], None]] = None
+        self.consistent_by_default = False   # read_consistency = linearizable
         self._digest_cache: Optional[tuple] = None   # (store.changes it was computed at, digest)
         self.max_memory = 0
         self.baseline_bytes = 0
@@ -222,6 +228,8 @@ class Engine:
         store, append = self.store, replies.append
         k, count = 0, len(run)
         while k < count:
+            if self.read_barrier is not None:
+                self._confirm_reads(run, k)
             with store.lock:
                 # Read under the lock: the role cannot change between this test
                 # and a write's record reaching the sinks.
@@ -261,6 +269,29 @@ class Engine:
                     end += 1
                 replies.extend(self._forward([item[0] for item in run[k:end]], ctx))
                 k = end
+
+    def _confirm_reads(self, run: list, start: int) -> None:
+        """Pass the read barrier if run[start:] holds a linearizable read; on failure, those reads get the error.
+
+        Taken after every request of the run arrived, and after any write the
+        run forwarded before them, so it covers each read's start.
+        """
+        default = self.consistent_by_default
+        reads = []
+        for i in range(start, len(run)):
+            request, spec, _ = run[i]
+            if spec is not None and spec.is_read:
+                consistent = request.get(CONSISTENT)
+                if consistent or (consistent is None and default):
+                    reads.append(i)
+        if not reads:
+            return
+        try:
+            self.read_barrier()
+        except GeomysError as exc:
+            failed = error_reply(exc)
+            for i in reads:
+                run[i] = (run[i][0], None, failed)
 
     def _run_special(self, request: dict, spec, ctx: Context) -> dict:
         """Run a command that takes no lock (PING, AUTH, INFO...) or blocks (BLPOP, BRPOP)."""

@@ -52,6 +52,7 @@ class Append:
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    round: int = 0             # the newest read-index round the leader started (echoed in the reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,8 @@ class AppendReply:
     """Follower -> leader: ok and where the log now matches (last_seq), or a refusal with a hint.
 
     On a refusal, last_seq is a point from which the leader should resend; a
-    follower fetching a snapshot says `syncing` instead.
+    follower fetching a snapshot says `syncing` instead. `round` echoes the
+    Append's: the follower still followed this leader's term when it answered.
     """
 
     src: int
@@ -67,6 +69,7 @@ class AppendReply:
     ok: bool
     last_seq: int
     syncing: bool = False
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,26 @@ class LeaveReply:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """Follower -> leader: which commit point may a linearizable read that arrived here wait for?"""
+
+    src: int
+    term: int
+    read_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexReply:
+    """The leader's commit point when it confirmed it still leads; ok False: it could not."""
+
+    src: int
+    term: int
+    read_id: int
+    ok: bool
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """The answer to a message the core will not act on (unknown sender); it changes nothing."""
 
@@ -208,7 +231,7 @@ class Rejected:
 
 
 Message = Union[Append, AppendReply, Commit, Poll, PollReply, CanYouLead, CanYouLeadReply, NewLeader, NewLeaderReply,
-                Fetch, FetchReply, Join, JoinReply, Leave, LeaveReply, Rejected]
+                Fetch, FetchReply, Join, JoinReply, Leave, LeaveReply, ReadIndex, ReadIndexReply, Rejected]
 
 
 # -- actions for the driver ------------------------------------------------------------------
@@ -258,7 +281,23 @@ class ProposeMembers:
     members: tuple[NodeAddress, ...]
 
 
-Action = Union[Send, RoleChanged, Apply, Committed, FetchSnapshot, ProposeMembers]
+@dataclass(frozen=True, slots=True)
+class ReadReady:
+    """These linearizable reads may be served once the store holds entry `index` (and it is committed)."""
+
+    reads: tuple[int, ...]
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFailed:
+    """These linearizable reads cannot be confirmed: answer them NO_LEADER."""
+
+    reads: tuple[int, ...]
+    reason: str
+
+
+Action = Union[Send, RoleChanged, Apply, Committed, FetchSnapshot, ProposeMembers, ReadReady, ReadFailed]
 
 
 # -- the core --------------------------------------------------------------------------------
@@ -275,6 +314,7 @@ class Timing:
 
     heartbeat_interval: float
     failure_timeout: float
+    read_timeout: float = 2.0      # a linearizable read not confirmed within this fails (rpc_timeout)
 
 
 PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
@@ -297,6 +337,7 @@ class Progress:
     last_sent: float = float("-inf")
     last_heard: float = float("-inf")
     lagging: bool = False      # it stopped answering for a while: count its catch-up
+    round: int = 0             # the newest read-index round it acknowledged
 
 
 @dataclass(slots=True)
@@ -308,6 +349,23 @@ class PollRound:
     asked: set[int]
     answers: dict[int, VoteAnswer] = field(default_factory=dict)
     nominee_nodes: dict[int, NodeAddress] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReadRound:
+    """Linearizable reads waiting together for one confirmation.
+
+    On a leader: one round of heartbeats, sent after every read in it
+    arrived; once a majority acknowledged it, `index` (the commit point when
+    it started) is each read's index. On a follower: one ReadIndex request to
+    the leader, `number` being its read_id.
+    """
+
+    number: int
+    index: int
+    reads: list          # (node, read id): this node's own, or a follower's request
+    started: float
+    leader: Optional[int] = None
 
 
 @dataclass(slots=True)
@@ -353,7 +411,13 @@ class Core:
         self.takeover: Optional[TakeOver] = None
         self.next_round = float("-inf")
         self.next_join = float("-inf")
-        self.stats = {"elections": 0, "catchups_from_backlog": 0, "copies_before_leading": 0}
+        # Linearizable reads (see `read_index`).
+        self.commit_term = 0               # leader: the term of the entry its commit point last counted
+        self.read_round: Optional[ReadRound] = None   # the confirmation in flight
+        self.reads_waiting: list = []      # (node, read id, arrived) waiting for the next confirmation
+        self.last_read_round = 0           # number of the newest round (leader) or request (follower)
+        self.stats = {"elections": 0, "catchups_from_backlog": 0, "copies_before_leading": 0,
+                      "read_index_rounds": 0, "read_index_reads": 0}
         self._now = 0.0                    # the time of the latest input
         self._out: list = []
 
@@ -451,9 +515,34 @@ class Core:
             self._send_append(peer)
         return self._flush()
 
+    def read_index(self, read_id: int, now: float) -> list:
+        """A client's linearizable read arrived: ReadReady once its read index is known, else ReadFailed.
+
+        The read index is the leader's commit point, taken once two things
+        hold: a round of heartbeats sent after the read arrived was
+        acknowledged by a majority (so no newer term had a leader when the
+        read arrived), and an entry of the leader's own term committed (so
+        the commit point covers every write acknowledged before). A follower
+        asks its leader for it (ReadIndex). Reads arriving while a round or
+        request is in flight share the next one. No clock is trusted: a
+        leader that was paused for any length of time still asks a majority.
+        """
+        self._now = now
+        if self.role == LEADER:
+            self.reads_waiting.append((self.id, read_id, now))
+            self._start_read_round(now)
+        elif self.leader_alive(now):
+            self.reads_waiting.append((self.id, read_id, now))
+            self._ask_read_index(now)
+        else:
+            self._out.append(ReadFailed((read_id,), "no leader is known at the moment; try again shortly"))
+        return self._flush()
+
     def tick(self, now: float) -> list:
         """Time passed: heartbeats and upkeep on a leader; failure detection and elections elsewhere."""
         self._now = now
+        if self.read_round is not None or self.reads_waiting:
+            self._expire_reads(now)
         if self.role == LEADER:
             self._leader_tick(now)
         elif self.takeover is not None:
@@ -493,8 +582,11 @@ class Core:
             return
         if self.role == LEADER and role != LEADER:
             logger.warning("node %d stepped down at term %d", self.id, term)
+            self._fail_reads("this node stopped leading")
             self.progress.clear()
             self.learners.clear()
+        elif (term, leader_id) != (self.term, self.leader_id):
+            self._fail_reads("the leader changed")
         self.role, self.term, self.leader_id = role, term, leader_id
         self._out.append(RoleChanged(role, term, leader_id))
 
@@ -560,7 +652,8 @@ class Core:
             if heartbeat:
                 # It is fetching a snapshot: a probe at the end of the log keeps it
                 # following and, once it has the snapshot, asks where its log now ends.
-                self._send(peer, Append(self.id, self.term, log.last_seq, log.last_term, (), self.commit))
+                self._send(peer, Append(self.id, self.term, log.last_seq, log.last_term, (), self.commit,
+                                        self.last_read_round))
                 p.last_sent = self._now
             return
         if not heartbeat and p.inflight >= (MAX_INFLIGHT if p.state == REPLICATE else 1):
@@ -569,7 +662,7 @@ class Core:
         if not log.covers(prev):
             # The log no longer reaches back to where the follower's ends: it needs a snapshot.
             p.state, p.inflight = SNAPSHOT, 0
-            self._send(peer, Append(self.id, self.term, -1, 0, (), self.commit))
+            self._send(peer, Append(self.id, self.term, -1, 0, (), self.commit, self.last_read_round))
             p.last_sent = self._now
             return
         entries = tuple(log.after(prev, APPEND_BATCH, APPEND_BATCH_BYTES))
@@ -579,7 +672,8 @@ class Core:
                 self._send(peer, Commit(self.id, self.term, self.commit))
                 p.commit_sent = self.commit
             return
-        self._send(peer, Append(self.id, self.term, prev, log.term_at(prev), entries, self.commit))
+        self._send(peer, Append(self.id, self.term, prev, log.term_at(prev), entries, self.commit,
+                                self.last_read_round))
         if entries:
             p.next_seq = entries[-1].seq + 1
         p.inflight += 1
@@ -595,6 +689,9 @@ class Core:
             return  # an answer to an older leadership
         self.last_seen[m.src] = p.last_heard = now
         p.inflight = max(0, p.inflight - 1)
+        if m.round > p.round:
+            p.round = m.round
+            self._check_read_round(now)
         if m.syncing:
             p.state, p.inflight = SNAPSHOT, 0
             return
@@ -635,8 +732,10 @@ class Core:
         if seq <= self.commit or self.log.term_at(seq) != self.term:
             return
         self.commit = seq
+        self.commit_term = self.term
         self._after_commit()
         self._out.append(Committed(seq))
+        self._start_read_round(self._now)
         for peer, p in self.progress.items():
             if p.inflight == 0:
                 self._send_append(peer)
@@ -696,33 +795,34 @@ class Core:
 
     def _on_append(self, m: Append, now: float) -> None:
         if not self._follow(m.src, m.term, now):
+            # An older term (or another leader's): the answer carries this node's term, and no round.
             self._send(m.src, AppendReply(self.id, self.term, False, self.log.last_seq))
             return
+        ok, last_seq, syncing = self._accept_append(m)
+        self._send(m.src, AppendReply(self.id, self.term, ok, last_seq, syncing, m.round))
+
+    def _accept_append(self, m: Append) -> tuple[bool, int, bool]:
+        """Take the entries of the leader's Append if they extend this log: (ok, last_seq, syncing) for the reply."""
         if self.syncing or m.prev_seq < 0:
             self._start_snapshot(m.src, "the leader's log no longer reaches back to this one's end")
-            self._send(m.src, AppendReply(self.id, self.term, False, self.log.last_seq, syncing=True))
-            return
+            return False, self.log.last_seq, True
         log = self.log
         if m.prev_seq > log.last_seq or m.prev_seq < log.base_seq:
             # A gap, or older than this log reaches (a duplicate, or reordered): resend from its end or start.
-            self._send(m.src, AppendReply(self.id, self.term, False, min(log.last_seq, max(m.prev_seq, log.base_seq))))
-            return
+            return False, min(log.last_seq, max(m.prev_seq, log.base_seq)), False
         if log.term_at(m.prev_seq) != m.prev_term:
             if m.prev_seq <= self.applied:
                 # The store holds an entry the leader's log does not: only a snapshot can undo it.
                 self._start_snapshot(m.src, "this store holds entries the leader's log replaced")
-                self._send(m.src, AppendReply(self.id, self.term, False, log.last_seq, syncing=True))
-                return
+                return False, log.last_seq, True
             # Entries after the commit point may differ from the leader's: resend from there.
-            self._send(m.src, AppendReply(self.id, self.term, False, max(self.commit, log.base_seq)))
-            return
+            return False, max(self.commit, log.base_seq), False
         if not self._take_entries(m.entries, m.src, "the leader's"):
-            self._send(m.src, AppendReply(self.id, self.term, False, log.last_seq, syncing=True))
-            return
+            return False, log.last_seq, True
         matched = m.entries[-1].seq if m.entries else m.prev_seq
         self.matched = max(self.matched, matched)
         self._learn_commit(m.commit)
-        self._send(m.src, AppendReply(self.id, self.term, True, matched))
+        return True, matched, False
 
     def _take_entries(self, entries, peer: int, whose: str) -> bool:
         """Add entries that extend this log, replacing a tail that differs from them.
@@ -758,6 +858,7 @@ class Core:
         if commit > self.commit:
             self.commit = commit
             self._apply_committed()
+            self._out.append(Committed(commit))
 
     def _apply_committed(self) -> None:
         """Hand the committed entries the store lacks to the driver, in order."""
@@ -983,6 +1084,102 @@ class Core:
         # The first entry of a term commits every entry before it.
         self._propose_members(self.members)
 
+    # -- linearizable reads (read index) -----------------------------------------------------
+
+    def _start_read_round(self, now: float) -> None:
+        """Leader: send the heartbeats that confirm the waiting reads, unless a round is in flight.
+
+        Not before an entry of this term committed: until then the commit
+        point may lack writes an earlier leader acknowledged.
+        """
+        if self.read_round is not None or not self.reads_waiting or self.commit_term != self.term:
+            return
+        self.last_read_round += 1
+        self.read_round = ReadRound(self.last_read_round, self.commit, self.reads_waiting, now)
+        self.reads_waiting = []
+        for peer in self.members:
+            if peer in self.progress:
+                self._send_append(peer, heartbeat=True)
+        self._check_read_round(now)
+
+    def _check_read_round(self, now: float) -> None:
+        """Leader: once a majority acknowledged the round in flight, its reads have their index."""
+        r = self.read_round
+        if r is None or not rules.round_confirmed(self.id, self.members,
+                                                  {n: p.round for n, p in self.progress.items()}, r.number):
+            return
+        self.read_round = None
+        self.stats["read_index_rounds"] += 1
+        self._answer_reads(r.reads, r.index, "")
+        self._start_read_round(now)
+
+    def _ask_read_index(self, now: float) -> None:
+        """Follower: ask the leader for the waiting reads' index, unless a request is in flight."""
+        if self.read_round is not None or not self.reads_waiting:
+            return
+        self.last_read_round += 1
+        self.read_round = ReadRound(self.last_read_round, 0, self.reads_waiting, now, self.leader_id)
+        self.reads_waiting = []
+        self._send(self.leader_id, ReadIndex(self.id, self.term, self.last_read_round))
+
+    def _on_read_index(self, m: ReadIndex, now: float) -> None:
+        if self.role != LEADER or m.term > self.term:
+            self._send(m.src, ReadIndexReply(self.id, self.term, m.read_id, False, 0))
+            return
+        self.reads_waiting.append((m.src, m.read_id, now))
+        self._start_read_round(now)
+
+    def _on_read_index_reply(self, m: ReadIndexReply, now: float) -> None:
+        r = self.read_round
+        if r is None or self.role == LEADER or m.src != r.leader or m.read_id != r.number:
+            return   # an answer to a request given up on
+        self.read_round = None
+        if m.ok:
+            self.stats["read_index_rounds"] += 1
+        self._answer_reads(r.reads, m.index if m.ok else None, "the leader could not confirm that it still leads")
+        self._ask_read_index(now)
+
+    def _expire_reads(self, now: float) -> None:
+        """Fail the reads not confirmed within read_timeout (a lost message, a cut, no majority)."""
+        timeout = self.timing.read_timeout
+        why = "the leader was not confirmed within %gs" % timeout
+        r = self.read_round
+        if r is not None and now - r.started >= timeout:
+            self.read_round = None
+            self._answer_reads(r.reads, None, why)
+        expired = [w for w in self.reads_waiting if now - w[2] >= timeout]
+        if expired:
+            self.reads_waiting = [w for w in self.reads_waiting if now - w[2] < timeout]
+            self._answer_reads(expired, None, why)
+        if self.role == LEADER:
+            self._start_read_round(now)
+        elif self.leader_alive(now):
+            self._ask_read_index(now)
+        else:
+            self._fail_reads("no leader is known at the moment; try again shortly")
+
+    def _fail_reads(self, reason: str) -> None:
+        """Fail every read in flight or waiting (the role or the leader changed)."""
+        reads = (self.read_round.reads if self.read_round is not None else []) + self.reads_waiting
+        self.read_round, self.reads_waiting = None, []
+        self._answer_reads(reads, None, reason)
+
+    def _answer_reads(self, reads: list, index: Optional[int], reason: str) -> None:
+        """Give reads their index (None: they failed): this node's as an action, a follower's as a reply."""
+        local = []
+        for node, read_id, *_ in reads:
+            if node == self.id:
+                local.append(read_id)
+            else:
+                self._send(node, ReadIndexReply(self.id, self.term, read_id, index is not None, index or 0))
+        if not local:
+            return
+        if index is None:
+            self._out.append(ReadFailed(tuple(local), reason))
+        else:
+            self.stats["read_index_reads"] += len(local)
+            self._out.append(ReadReady(tuple(local), index))
+
     # -- joining and leaving -----------------------------------------------------------------
 
     def _on_join(self, m: Join, now: float) -> None:
@@ -1070,4 +1267,5 @@ class Core:
         Fetch: _on_fetch, FetchReply: _on_fetch_reply,
         Join: _on_join, JoinReply: _on_join_reply,
         Leave: _on_leave, LeaveReply: _on_ignored, Rejected: _on_ignored,
+        ReadIndex: _on_read_index, ReadIndexReply: _on_read_index_reply,
     }

@@ -11,6 +11,7 @@ forwarder (a follower hands writes to the leader, batched across clients).
 """
 
 import heapq
+import itertools
 import logging
 import random
 import threading
@@ -77,7 +78,7 @@ class ClusterNode:
         self.now = (clock or SystemClock()).monotonic
         me = NodeAddress(config.node_id, "%s:%d" % (config.advertise_host, config.client_port),
                          "%s:%d" % (config.advertise_host, config.grpc_port))
-        timing = Timing(config.heartbeat_interval, config.failure_timeout)
+        timing = Timing(config.heartbeat_interval, config.failure_timeout, config.rpc_timeout)
         self.core = Core(me, timing, rng or random.Random(), Log(config.backlog_entries, config.backlog_bytes))
         self.transport = transport or GrpcTransport(config.rpc_timeout, config.max_request_bytes + (4 << 20),
                                                     config.cluster_secret, self.receive, channel_credentials)
@@ -90,6 +91,9 @@ class ClusterNode:
         # lock its waiter holds and blocks on again: far cheaper than a Condition.
         self._waiters: list = []
         self._waiter_count = 0
+        # Linearizable reads waiting for their read index: id -> [gate, index, failure].
+        self._reads: dict[int, list] = {}
+        self._read_ids = itertools.count(1)
         self.leadership = 0        # bumped whenever this node stops leading
         self.store_generation = 0  # bumped whenever a snapshot replaces the store
         self.stats = {"syncs_full_served": 0, "syncs_full_received": 0}
@@ -130,6 +134,13 @@ class ClusterNode:
                 self._spawn("sync", self._fetch_snapshot, action.peer)
             elif kind is core_mod.ProposeMembers:
                 self._pending_members.append(action.members)
+            elif kind is core_mod.ReadReady or kind is core_mod.ReadFailed:
+                ready = kind is core_mod.ReadReady
+                for read_id in action.reads:
+                    slot = self._reads.get(read_id)
+                    if slot is not None:   # else its reader gave up waiting
+                        slot[1 if ready else 2] = action.index if ready else action.reason
+                        slot[0].release()
         while self._pending_members:
             members = self._pending_members.pop(0)
             if core.is_leader:
@@ -333,10 +344,53 @@ class ClusterNode:
                 remaining = deadline - self.now()
                 if remaining <= 0:
                     raise NoLeader("this node holds writes the cluster has not confirmed; try again shortly")
-                gate = threading.Lock()
-                gate.acquire()
-                self._waiter_count += 1
-                heapq.heappush(self._waiters, (seq, self._waiter_count, gate))
+                gate = self._gate(seq)
+            gate.acquire(timeout=remaining)
+
+    def _gate(self, seq: int) -> threading.Lock:
+        """A held lock that the commit of entry `seq` (or a role change) releases (caller holds the lock)."""
+        gate = threading.Lock()
+        gate.acquire()
+        self._waiter_count += 1
+        heapq.heappush(self._waiters, (seq, self._waiter_count, gate))
+        return gate
+
+    # -- linearizable reads ------------------------------------------------------------------
+
+    def read_barrier(self) -> None:
+        """Block until this node's store holds every write acknowledged before the call (the engine's hook).
+
+        The core confirms a read index with a majority (geomys.cluster.core,
+        `read_index`); this node then waits until it has applied and
+        committed that entry. Raises NoLeader when that cannot happen within
+        rpc_timeout: a linearizable read is never answered from a store that
+        may be stale.
+        """
+        timeout = self.config.rpc_timeout
+        gate = threading.Lock()
+        gate.acquire()
+        read_id = next(self._read_ids)
+        slot = [gate, None, None]
+        with self.lock:
+            self._reads[read_id] = slot
+            self._run(self.core.read_index(read_id, self.now()))
+        deadline = self.now() + timeout
+        gate.acquire(timeout=timeout)
+        with self.lock:
+            del self._reads[read_id]
+        index, failure = slot[1], slot[2]
+        if index is None:
+            raise NoLeader(failure or "the leader was not confirmed within %gs; try again shortly" % timeout)
+        core = self.core
+        while True:
+            with self.lock:
+                if core.commit >= index and core.applied >= index:
+                    return
+                remaining = deadline - self.now()
+                if remaining <= 0:
+                    raise NoLeader("this node did not catch up with the leader's commit point within %gs"
+                                   % timeout)
+                gate = self._gate(index)
             gate.acquire(timeout=remaining)
 
     # -- the engine's forwarder (follower) ---------------------------------------------------

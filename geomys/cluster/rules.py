@@ -139,3 +139,9 @@ def silent_members(self_id: int, members: Iterable[int], last_seen: dict[int, fl
 def learner_caught_up(learner_seq: int, leader_seq: int, slack: int) -> bool:
     """Whether a learner is close enough to the leader's log to become a voting member."""
     return leader_seq - learner_seq <= slack
+
+
+def round_confirmed(self_id: int, members: dict, acked: dict[int, int], number: int) -> bool:
+    """Whether a majority of `members` acknowledged read-index round `number` (this node counts itself)."""
+    count = sum(1 for n in members if n == self_id or acked.get(n, 0) >= number)
+    return count >= majority(len(members))

@@ -25,7 +25,8 @@ class WireError(Exception):
 _FIELD = {cls: pb.Message.DESCRIPTOR.fields_by_camelcase_name[cls.__name__[0].lower() + cls.__name__[1:]].name
           for cls in (core.Append, core.AppendReply, core.Commit, core.Poll, core.PollReply, core.CanYouLead,
                       core.CanYouLeadReply, core.NewLeader, core.NewLeaderReply, core.Fetch, core.FetchReply,
-                      core.Join, core.JoinReply, core.Leave, core.LeaveReply, core.Rejected)}
+                      core.Join, core.JoinReply, core.Leave, core.LeaveReply, core.ReadIndex, core.ReadIndexReply,
+                      core.Rejected)}
 _CLASS = {name: cls for cls, name in _FIELD.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _FIELD}
 _NODE_FIELDS = {"nominee_node", "leader", "node"}

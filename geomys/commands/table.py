@@ -18,6 +18,10 @@ NOLOCK = "nolock"      # does not touch the keyspace; runs without the store loc
 NOAUTH = "noauth"      # allowed before AUTH when requirepass is set
 DENYOOM = "denyoom"    # may add data: refused with OOM once max_memory is reached
 
+# The request field a read (GET, LLEN, EXISTS) sets to true to be linearizable
+# on a cluster (docs/cluster.md); other commands ignore it.
+CONSISTENT = "consistent"
+
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
@@ -150,6 +154,7 @@ class CommandSpec:
     needs_lock: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_auth: bool = dataclass_field(init=False, repr=False, compare=False)
     denies_oom: bool = dataclass_field(init=False, repr=False, compare=False)
+    is_read: bool = dataclass_field(init=False, repr=False, compare=False)
     _plan: tuple = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +164,8 @@ class CommandSpec:
         set_(self, "needs_lock", NOLOCK not in self.flags)
         set_(self, "needs_auth", NOAUTH not in self.flags)
         set_(self, "denies_oom", DENYOOM in self.flags)
+        # Reads the keyspace without changing it: may ask to be linearizable.
+        set_(self, "is_read", NOLOCK not in self.flags and WRITE not in self.flags)
         # The fields as plain tuples: parse runs for every request.
         set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default) for f in self.fields))
 
@@ -170,10 +177,17 @@ class CommandSpec:
     def parse(self, request: dict) -> list:
         """Convert the request's fields to the handler's arguments, or raise BadRequest.
 
-        A field that is missing or nil takes its default (or is an error when required).
+        A field that is missing or nil takes its default (or is an error when
+        required). A read's CONSISTENT field is checked here but is not an
+        argument: the engine acts on it.
         """
         args = []
         get = request.get
+        if self.is_read:
+            consistent = get(CONSISTENT)
+            if consistent is not None and type(consistent) is not bool:
+                raise BadRequest("field '%s' must be a boolean (true or false), got %s"
+                                 % (CONSISTENT, _describe(consistent)))
         for name, convert, required, default in self._plan:
             raw = get(name)
             if raw is None:

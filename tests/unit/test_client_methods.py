@@ -10,6 +10,7 @@ import inspect
 
 from geomys import Client
 from geomys.commands import TABLE
+from geomys.commands.table import CONSISTENT
 
 #: Methods of Client that are not one command each.
 GENERIC = {"execute", "execute_command", "pipeline", "close"}
@@ -50,5 +51,19 @@ def test_every_command_of_the_table_has_a_client_method():
 def test_every_client_method_sends_the_field_names_its_command_declares():
     specs = {spec.name: spec for spec in TABLE.values()}
     for name, request in requests_of_every_method().items():
-        fields = {field.name for field in specs[request["command"]].fields}
+        spec = specs[request["command"]]
+        fields = {field.name for field in spec.fields} | ({CONSISTENT} if spec.is_read else set())
         assert set(request) - {"command"} == fields, name
+
+
+def test_reads_send_consistent_only_when_asked_by_the_call_or_the_client():
+    client = RecordingClient()
+    client.get("k")
+    client.get("k", consistent=True)
+    client.consistent = False
+    client.llen("k")
+    client.exists("k", consistent=True)
+    pipeline = client.pipeline()
+    assert pipeline.consistent is False
+    assert [r.get(CONSISTENT) for r in client.sent] == [None, True, False, True]
+    assert CONSISTENT not in client.sent[0]
