@@ -2,7 +2,7 @@
 
 A run forms a cluster (3 nodes, or 5 for one seed in five), then for a few
 simulated seconds draws an operation every so often: a client write on a
-leader, a client read on any node, or a fault (loss, duplicates, long delays
+leader, a client read on any node (local, or linearizable), or a fault (loss, duplicates, long delays
 that reorder, a cut link, an isolated node, a partition, healing, a crash, a
 clean stop, a restart with or without the append-only file, a pause, a
 resume). Crashes and stops are drawn so that a majority of every membership
@@ -47,6 +47,10 @@ def _read(sim, rng) -> None:
     sim.read(rng.choice(sorted(sim.nodes)))
 
 
+def _consistent_read(sim, rng) -> None:
+    sim.read_consistent(rng.choice(sorted(sim.nodes)))
+
+
 def _loss(sim, rng) -> None:
     sim.faults.drop = rng.choice([0.0, 0.05, 0.2] if _recovering(sim) else [0.0, 0.05, 0.2, 0.5])
     sim.note("network: loss %.2f", sim.faults.drop)
@@ -58,7 +62,7 @@ def _duplicates(sim, rng) -> None:
 
 
 def _delays(sim, rng) -> None:
-    sim.faults.max_delay = rng.choice([0.01, 0.1, 0.5, 2.0])
+    sim.faults.max_delay = rng.choice([0.01, 0.1, 0.5] if _recovering(sim) else [0.01, 0.1, 0.5, 2.0])
     sim.note("network: delays up to %.2fs", sim.faults.max_delay)
 
 
@@ -106,15 +110,15 @@ def _may_crash(sim, node_id: int) -> bool:
     A majority of every membership any node holds must survive. A leader may
     still promote a learner that has crashed (it promotes caught-up learners it
     has not yet dropped as silent), so every dead learner counts as a dead
-    member to be. And no node may be paused, cut off or behind a heavy loss
-    at the moment (nor until the dead node is removed, see `_recovering`): a
-    leader removes a member silent for failure_timeout while it heard from a
-    majority within the last heartbeat interval, so removing a silenced node
+    member to be. And no node may be paused, cut off, or behind a heavy loss or
+    delays of seconds at the moment (nor until the dead node is removed, see
+    `_recovering`): a leader removes a member silent for failure_timeout while
+    it heard from a majority within the last heartbeat interval, so removing a silenced node
     just after another one crashed would leave a membership whose majority is
     dead, from which no election can recover (see tests/sim/README.md).
     """
     if any(n.paused for n in sim.nodes.values()) or sim.faults.cut or sim.faults.isolated \
-            or sim.faults.drop >= 0.5:
+            or sim.faults.drop >= 0.5 or sim.faults.max_delay >= 2.0:
         return False
     dead = sim.dead | {node_id}
     learners = set().union(*(n.core.learners for n in sim.nodes.values()))
@@ -158,7 +162,7 @@ def _resume(sim, rng) -> None:
 # Faults are drawn rarely enough that a cut or a pause often lasts longer than
 # failure_timeout, so that leaders fail over, step down and resync.
 _OPS, _WEIGHTS = zip(
-    (_write, 40), (_read, 30),
+    (_write, 40), (_read, 30), (_consistent_read, 20),
     (_loss, 2), (_duplicates, 2), (_delays, 2),
     (_cut_link, 1), (_isolate, 1), (_partition, 1), (_heal, 1),
     (_crash, 1), (_stop, 1), (_restart, 1), (_pause, 1), (_resume, 1),

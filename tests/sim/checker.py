@@ -52,6 +52,19 @@ class Checker:
         """A read was served from `node`'s store as it is now (compared with the final log at the end)."""
         self.reads.append((node.id, now, node.store, len(node.store)))
 
+    def on_consistent_read(self, read) -> None:
+        """A linearizable read was served: it holds every write acknowledged before it started.
+
+        Its store is also checked at the end, like any served read, for
+        entries that never committed.
+        """
+        for write in self.acked:
+            if write.acked_at < read.started and not read.sees(write):
+                raise InvariantViolation("a linearizable read on node %d started at t=%.3f and answered at t=%.3f "
+                                         "misses %s, acknowledged at t=%.3f"
+                                         % (read.node, read.started, read.ended, _show_write(write), write.acked_at))
+        self.reads.append((read.node, read.ended, read.store, read.length))
+
     def after_step(self, node, now: float) -> None:
         """Check what one step of `node` may have broken."""
         core = node.core

@@ -16,6 +16,9 @@ The driver's part, per action:
     FetchSnapshot(peer)  after a transfer time, the node's store becomes a copy of the peer's,
                          then `snapshot_installed`; `snapshot_failed` if the transfer cannot be made
     ProposeMembers(ms)   the leader logs a membership entry, like a write
+    ReadReady(ids, i)    those linearizable reads are served once the node's store holds entry i,
+                         committed (checked after each of its steps), or fail after read_timeout
+    ReadFailed(ids, r)   those linearizable reads are answered NO_LEADER
 
 A node's *store* is the list of entries it holds: a leader's holds every entry
 it proposed, a follower's the entries of its Apply actions (or of the
@@ -45,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from geomys.cluster.core import (ACCEPTED, REDIRECT, REFUSED, Apply, Committed, Core, FetchSnapshot, Join,
-                                 JoinReply, Leave, LeaveReply, ProposeMembers, RoleChanged, Send, Timing)
+                                 JoinReply, Leave, LeaveReply, ProposeMembers, ReadFailed, ReadReady, RoleChanged,
+                                 Send, Timing)
 from geomys.cluster.log import Log
 from geomys.cluster.rules import FOLLOWER, LEADER, NodeAddress
 
@@ -79,6 +83,7 @@ class Write:
     seq: int = 0
     term: int = 0
     status: str = "pending"   # acked | no-leader (never proposed, or the outcome is unknown)
+    acked_at: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,26 @@ class Read:
 
     def sees(self, write: Write) -> bool:
         return write.record in self.records
+
+
+@dataclass
+class ConsistentRead:
+    """A client's linearizable read on one node, with the real times it started and ended.
+
+    pending until answered; served with what the store held then (its first
+    `length` entries), or failed (NO_LEADER, never a stale answer).
+    """
+
+    node: int
+    started: float
+    ended: float = float("inf")
+    status: str = "pending"   # served | failed
+    index: Optional[int] = None
+    store: list = field(default_factory=list)
+    length: int = 0
+
+    def sees(self, write: Write) -> bool:
+        return write.seq <= self.length and self.store[write.seq - 1].record == write.record
 
 
 @dataclass
@@ -128,6 +153,7 @@ class SimNode:
         self.leaving = False        # stopping cleanly: it waits for the leader's answer to Leave
         self.join_refused: Optional[str] = None
         self.writes: dict[int, Write] = {}   # seq -> client write awaiting its commit
+        self.reads: dict[int, ConsistentRead] = {}   # read id -> linearizable read awaiting its answer
         self.snapshots_installed = 0
 
 
@@ -145,6 +171,8 @@ class Sim:
         self.faults = NetworkFaults()
         self.checker = Checker()
         self.writes: list[Write] = []
+        self.consistent_reads: list[ConsistentRead] = []
+        self._read_ids = itertools.count(1)
         self._held: list = []                    # (src, dst, message) waiting on a held link
         self._queue: list = []
         self._order = itertools.count()
@@ -267,11 +295,18 @@ class Sim:
         self.note("n%d PAUSED", node_id)
 
     def resume(self, node_id: int) -> None:
-        """Continue node `node_id` (SIGCONT): what reached it meanwhile runs now, in order."""
+        """Continue node `node_id` (SIGCONT): what reached it meanwhile runs now.
+
+        Client requests first, then the rest in order: the process's threads
+        wake in any order, and the worst one for a linearizable read is its
+        client thread running before the messages that would tell the node
+        it was replaced.
+        """
         node = self.nodes[node_id]
         node.paused = False
         self.note("n%d resumes (%d events waited)", node_id, len(node.deferred))
-        for fn, args in node.deferred:
+        reads = [event for event in node.deferred if event[0] == self._start_read]
+        for fn, args in reads + [event for event in node.deferred if event[0] != self._start_read]:
             self._at(self.now, fn, *args)
         node.deferred.clear()
 
@@ -313,12 +348,20 @@ class Sim:
                 for seq in sorted(s for s in node.writes if s <= action.seq):
                     write = node.writes.pop(seq)
                     write.status = "acked"
+                    write.acked_at = self.now
                     self.note("client: %s acknowledged (seq %d)", write.record.decode(), seq)
                     self.checker.on_ack(write)
             elif isinstance(action, FetchSnapshot):
                 self.note("n%d fetches a snapshot from n%d", node.id, action.peer)
                 delay = self.rng.uniform(*SNAPSHOT_TIME)
                 self._at(self.now + delay, self._snapshot_arrives, node, action.peer)
+            elif isinstance(action, ReadReady):
+                for read_id in action.reads:
+                    if read_id in node.reads:   # else the driver gave up on it (read_timeout)
+                        node.reads[read_id].index = action.index
+            elif isinstance(action, ReadFailed):
+                for read_id in action.reads:
+                    self._end_read(node, read_id, "failed")
             elif isinstance(action, ProposeMembers):
                 if not node.core.is_leader:
                     raise InvariantViolation("node %d asked to log a membership change while not leading" % node.id)
@@ -327,6 +370,8 @@ class Sim:
                 pending.extend(self._propose(node, b"members " + record, members))
             else:
                 raise InvariantViolation("node %d returned an unknown action %r" % (node.id, action))
+        if node.reads:
+            self._serve_reads(node)
         self.checker.after_step(node, self.now)
 
     def _propose(self, node: SimNode, record: bytes, members: Optional[dict] = None) -> list:
@@ -336,6 +381,30 @@ class Sim:
         node.store.append(entry)
         self.note("n%d proposes %s at seq %d", node.id, record.decode(), entry.seq)
         return actions
+
+    def _serve_reads(self, node: SimNode) -> None:
+        """Answer the linearizable reads whose index the store now holds, committed; fail those too late.
+
+        The driver's rule: the store holds the read index, applied and
+        committed, and nothing uncommitted (a reply waits for the commit of
+        what it shows), within read_timeout of the read's start.
+        """
+        core = node.core
+        for read_id, read in list(node.reads.items()):
+            if read.index is not None and core.applied >= read.index and core.commit >= core.applied:
+                read.store, read.length = node.store, len(node.store)
+                self._end_read(node, read_id, "served")
+                self.checker.on_consistent_read(read)
+            elif self.now - read.started >= TIMING.read_timeout:
+                self._end_read(node, read_id, "failed")
+
+    def _end_read(self, node: SimNode, read_id: int, status: str) -> None:
+        read = node.reads.pop(read_id, None)
+        if read is None:
+            return   # answered already: the driver gave up on it before the core did
+        read.status, read.ended = status, self.now
+        self.note("client: linearizable read on n%d %s%s", read.node, status,
+                  " (%d entries)" % read.length if status == "served" else "")
 
     def _fail_writes(self, node: SimNode, unless_term: Optional[int] = None) -> None:
         """Answer NO_LEADER to the pending writes, but those of `unless_term` if the node still leads it."""
@@ -523,6 +592,30 @@ class Sim:
             return Read(node_id, False)
         self.checker.on_read(node, self.now)
         return Read(node_id, True, node.store, len(node.store))
+
+    def read_consistent(self, node_id: int) -> ConsistentRead:
+        """A client sends a linearizable read to node `node_id`; a paused node takes it when it resumes."""
+        read = ConsistentRead(node_id, self.now)
+        self.consistent_reads.append(read)
+        node = self.nodes.get(node_id)
+        if node is None or node.joining:
+            read.status, read.ended = "failed", self.now
+        elif node.paused:
+            node.deferred.append((self._start_read, (node, read)))
+        else:
+            self._start_read(node, read)
+        return read
+
+    def _start_read(self, node: SimNode, read: ConsistentRead) -> None:
+        if not node.alive:
+            return   # the client's connection broke: no answer
+        if node.paused:
+            node.deferred.append((self._start_read, (node, read)))
+            return
+        read_id = next(self._read_ids)
+        node.reads[read_id] = read
+        self.note("client: linearizable read on n%d (read %d)", node.id, read_id)
+        self._carry_out(node, node.core.read_index(read_id, self.now))
 
     # -- views -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from geomys.cluster.log import Entry, Log
 from geomys.cluster.rules import FOLLOWER, LEADER, NodeAddress
 
 from tests.sim.checker import Checker, InvariantViolation
-from tests.sim.cluster import Write
+from tests.sim.cluster import ConsistentRead, Write
 
 
 class Node:
@@ -80,3 +80,15 @@ def test_a_served_read_of_an_entry_that_never_committed_is_caught_at_the_end():
 def test_an_apply_that_skips_an_entry_is_caught():
     with pytest.raises(InvariantViolation, match="apply entry 3 after entry 1"):
         Checker().check_apply(node(1, entries(b"a")), entries(b"a", b"b", b"c")[2:])
+
+
+def test_a_linearizable_read_missing_a_write_acknowledged_before_it_started_is_caught():
+    checker = Checker()
+    checker.on_ack(Write(b"b", 2, seq=2, term=2, status="acked", acked_at=1.0))
+    fresh = ConsistentRead(1, started=2.0, ended=2.5, status="served", store=entries(b"a", b"b"), length=2)
+    checker.on_consistent_read(fresh)
+    concurrent = ConsistentRead(1, started=0.5, ended=2.5, status="served", store=entries(b"a"), length=1)
+    checker.on_consistent_read(concurrent)           # the write was acknowledged after it started
+    stale = ConsistentRead(1, started=2.0, ended=2.5, status="served", store=entries(b"a"), length=1)
+    with pytest.raises(InvariantViolation, match="linearizable read on node 1 started at t=2.000 .* misses write b"):
+        checker.on_consistent_read(stale)

@@ -10,7 +10,7 @@ no real-time waits, no calls into the core's private methods.
 from geomys.cluster.core import Append, CanYouLead, Fetch, JoinReply
 from geomys.cluster.rules import CANDIDATE, FOLLOWER, LEADER
 
-from tests.sim.cluster import FAILURE_TIMEOUT, HEARTBEAT, Sim
+from tests.sim.cluster import FAILURE_TIMEOUT, HEARTBEAT, TICK, TIMING, Sim
 
 
 def three_nodes(**options) -> Sim:
@@ -459,3 +459,76 @@ def test_a_new_leader_whose_first_appends_go_unanswered_does_not_send_a_snapshot
     sim.release(2, 3)
     assert sim.run_until(lambda: in_sync(sim, 3, 2), 2 * HEARTBEAT)
     assert sim.nodes[3].snapshots_installed == snapshots   # its log was the leader's all along
+
+
+# -- linearizable reads (read index) ---------------------------------------------------------
+
+def answered(sim: Sim, *reads, within: float = 2 * HEARTBEAT) -> bool:
+    return sim.run_until(lambda: all(r.status != "pending" for r in reads), within)
+
+
+def test_a_linearizable_read_on_a_follower_sees_a_write_acknowledged_before_it():
+    sim = three_nodes()
+    sim.hold(1, 3)                                   # node 3 lags: its local read is stale
+    write = sim.write(1)
+    assert acknowledged(sim, write)
+    assert not sim.read(3).sees(write)
+    read = sim.read_consistent(3)
+    sim.run_for(HEARTBEAT / 2)
+    assert read.status == "pending"                  # it waits for the store to reach the index
+    sim.release(1, 3)
+    assert answered(sim, read)
+    assert read.status == "served" and read.sees(write)
+
+
+def test_a_paused_leader_answers_a_linearizable_read_with_the_new_value_or_an_error():
+    sim = three_nodes()
+    sim.pause(1)
+    fail_over(sim, 1)
+    write = sim.write(sim.leaders()[-1])
+    assert acknowledged(sim, write)
+    read = sim.read_consistent(1)                    # sent while node 1 is frozen...
+    sim.resume(1)                                    # ...and taken before it hears of node 2
+    assert answered(sim, read)
+    assert read.status == "failed" or read.sees(write)
+    assert not sim.nodes[1].core.is_leader
+
+
+def test_a_follower_cut_off_from_its_leader_fails_a_linearizable_read_in_bounded_time():
+    sim = three_nodes()
+    sim.cut(1, 3)
+    write = sim.write(1)
+    assert acknowledged(sim, write)
+    read = sim.read_consistent(3)
+    assert answered(sim, read, within=TIMING.read_timeout + 2 * TICK)
+    assert read.status == "failed"
+    sim.heal(1, 3)
+    read = sim.read_consistent(3)
+    assert answered(sim, read) and read.status == "served" and read.sees(write)
+
+
+def test_reads_arriving_together_share_confirmations():
+    """The first read of a burst starts a round; all that arrive while it is in flight share the next."""
+    sim = three_nodes()
+    for node_id in (1, 2):                           # on the leader, then through a follower
+        stats = sim.nodes[node_id].core.stats
+        rounds, served = stats["read_index_rounds"], stats["read_index_reads"]
+        reads = [sim.read_consistent(node_id) for _ in range(50)]
+        assert answered(sim, *reads)
+        assert all(r.status == "served" for r in reads)
+        assert stats["read_index_reads"] - served == 50
+        assert stats["read_index_rounds"] - rounds == 2
+
+
+def test_a_new_leader_gives_no_read_index_before_an_entry_of_its_term_commits():
+    sim = three_nodes()
+    writes = [sim.write(1) for _ in range(5)]
+    assert acknowledged(sim, *writes)
+    sim.crash(1)
+    assert sim.run_until(lambda: sim.leaders() == [2], 6 * FAILURE_TIMEOUT)
+    new = sim.nodes[2].core
+    assert new.log.term_at(new.commit) != new.term   # its first entry is not committed yet
+    reads = [sim.read_consistent(2), sim.read_consistent(3)]
+    assert answered(sim, *reads)
+    assert all(r.status == "served" and r.index and new.log.term_at(r.index) == new.term for r in reads)
+    assert all(r.sees(w) for r in reads for w in writes)
