@@ -19,6 +19,7 @@ from tests.fakes import FakeClock
 
 HEARTBEAT = 1.0
 FAILURE_TIMEOUT = 3.0
+RPC_TIMEOUT = 0.5   # also how long a linearizable read may wait (real time: it blocks its thread)
 
 
 class Network:
@@ -35,11 +36,13 @@ class Network:
     def add(self, node_id: int, bootstrap: bool = False) -> ClusterNode:
         config = config_mod.load(["-node_id=%d" % node_id, "-port=%d" % (20000 + node_id),
                                   "-heartbeat_interval=%g" % HEARTBEAT, "-failure_timeout=%g" % FAILURE_TIMEOUT,
+                                  "-rpc_timeout=%g" % RPC_TIMEOUT,
                                   "-bootstrap" if bootstrap else "-join=127.0.0.1:21001"])
         engine = Engine(Store(), self.clock)
         node = ClusterNode(config, engine, clock=self.clock, transport=Transport(self, node_id),
                            spawn=lambda target, *args: target(*args))
         engine.add_sink(node)
+        engine.read_barrier = node.read_barrier
         self.nodes[node_id] = node
         self.by_address[node.core.me.grpc_address] = node
         self.unreachable[node_id] = set()

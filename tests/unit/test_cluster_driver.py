@@ -3,13 +3,18 @@
 The core decides; these tests check that the driver carries its decisions
 out: a follower's store takes only committed entries, a reply waits for the
 commit that covers it and fails when that can no longer come, a snapshot
-replaces a store. Single-threaded: messages move only when delivered.
+replaces a store. Messages move only when delivered; a linearizable read,
+which blocks its thread until the leader answers, runs in a thread of its
+own while the test delivers.
 """
+
+import threading
+import time
 
 import pytest
 
 from geomys.errors import NoLeader
-from tests.inmem import FAILURE_TIMEOUT, HEARTBEAT, run, three_nodes
+from tests.inmem import FAILURE_TIMEOUT, HEARTBEAT, RPC_TIMEOUT, run, three_nodes
 
 
 def test_a_follower_stores_a_write_only_once_the_leader_says_it_is_committed():
@@ -76,3 +81,79 @@ def test_the_old_leader_takes_the_new_leaders_state_after_the_partition_heals():
     read, read_ctx = run(old, "GET", key="kept")
     old.engine.settle(read_ctx)
     assert read == {"status": "OK", "value": "y"}
+
+
+def read_in_thread(node, **fields):
+    """Start a linearizable GET on `node` in a thread (the read barrier blocks it); return (thread, result)."""
+    result = {}
+
+    def read():
+        try:
+            result["reply"], ctx = run(node, "GET", consistent=True, **fields)
+            node.engine.settle(ctx)
+        except NoLeader as exc:   # settle's failure; the barrier's comes back as a reply
+            result["reply"] = {"status": "ERROR", "code": "NO_LEADER", "message": str(exc)}
+        result["at"] = time.monotonic()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def deliver_until_done(net, thread, seconds: float = 5.0) -> None:
+    """Carry messages while `thread` waits for them, for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while thread.is_alive() and time.monotonic() < deadline:
+        net.deliver()
+        thread.join(0.005)
+    assert not thread.is_alive(), "the read did not finish within %gs" % seconds
+
+
+def test_a_linearizable_read_on_a_lagging_follower_waits_for_the_leaders_commit_point():
+    net = three_nodes()
+    leader, follower = net.nodes[1], net.nodes[3]
+    reply, ctx = run(leader, "SET", key="k", value="new")
+    net.in_flight = type(net.in_flight)(m for m in net.in_flight if m[1] != 3)   # node 3 misses the Append
+    net.deliver()
+    leader.engine.settle(ctx)                           # acknowledged: nodes 1 and 2 hold it
+    assert run(follower, "GET", key="k")[0]["code"] == "NOT_FOUND"   # a local read is stale
+    thread, result = read_in_thread(follower, key="k")
+    deliver_until_done(net, thread)
+    assert result["reply"] == {"status": "OK", "value": "new"}
+    assert follower.info()["read_index_reads"] == 1 and leader.info()["read_index_rounds"] >= 1
+
+
+def test_a_linearizable_read_cut_off_from_the_leader_fails_with_no_leader_within_rpc_timeout():
+    net = three_nodes()
+    follower = net.nodes[2]
+    net.cut.add(frozenset((1, 2)))
+    started = time.monotonic()
+    thread, result = read_in_thread(follower, key="k")
+    deliver_until_done(net, thread)
+    assert result["reply"]["code"] == "NO_LEADER"
+    assert result["at"] - started < RPC_TIMEOUT + 1.0
+
+
+def test_a_linearizable_read_on_a_deposed_leader_fails_rather_than_answer_stale():
+    net = three_nodes()
+    old = net.nodes[1]
+    reply, ctx = run(old, "INCR", key="c")
+    net.deliver()
+    net.tick_all()
+    old.engine.settle(ctx)                           # c = 1 everywhere
+    net.cut |= {frozenset((1, 2)), frozenset((1, 3))}
+    for _ in range(int(FAILURE_TIMEOUT / HEARTBEAT * 4)):   # nodes 2 and 3 elect node 2; node 1 does not tick
+        for node_id in (2, 3):
+            net.nodes[node_id].tick()
+        net.clock.advance(HEARTBEAT / 2)
+        net.deliver()
+    assert net.nodes[2].core.is_leader and old.core.is_leader
+    reply, ctx = run(net.nodes[2], "INCR", key="c")
+    net.deliver()
+    net.nodes[2].engine.settle(ctx)                  # c = 2 acknowledged
+    assert run(old, "GET", key="c")[0]["value"] == "1"   # a local read on node 1 is stale
+    net.cut.clear()
+    thread, result = read_in_thread(old, key="c")
+    deliver_until_done(net, thread)
+    assert result["reply"] == {"status": "OK", "value": "2"} or result["reply"]["code"] == "NO_LEADER"
+    assert not old.core.is_leader

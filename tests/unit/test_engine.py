@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from geomys.commands import BLOCKING, TABLE
-from geomys.errors import BY_CODE
+from geomys.errors import BY_CODE, NoLeader
 from tests.fakes import EPOCH_MS, Harness, RecordingSink, assert_error
 
 ERROR_CODES = set(BY_CODE)
@@ -200,3 +200,64 @@ def test_no_request_gets_an_internal_error(requests):
         assert reply["status"] in ("OK", "ERROR"), reply
         if reply["status"] == "ERROR":
             assert reply["code"] in ERROR_CODES and reply["code"] != "INTERNAL", (request, reply)
+
+
+# -- linearizable reads: the 'consistent' field and the read barrier ----------------------------
+
+class Barrier:
+    """A stand-in for a cluster node's read barrier: counts its calls, or fails them."""
+
+    def __init__(self, error=None) -> None:
+        self.calls = 0
+        self.error = error
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize("command", ["GET", "LLEN", "EXISTS"])
+@pytest.mark.parametrize("value", ["yes", 1, 0, "true", [True], {"a": 1}])
+def test_a_read_whose_consistent_field_is_not_a_boolean_is_bad_request_naming_it(h, command, value):
+    assert_error(h.engine.execute({"command": command, "key": "k", "consistent": value}, h.ctx),
+                 "BAD_REQUEST", "consistent")
+
+
+def test_standalone_accepts_consistent_on_reads_and_ignores_it_on_writes(h):
+    assert h.engine.execute({"command": "SET", "key": "k", "value": "v", "consistent": "junk"}, h.ctx)["status"] == "OK"
+    assert h.engine.execute({"command": "GET", "key": "k", "consistent": True}, h.ctx) == {"status": "OK", "value": "v"}
+    assert h.engine.execute({"command": "EXISTS", "key": "k", "consistent": False}, h.ctx)["value"] == 1
+
+
+def test_only_a_linearizable_read_passes_the_read_barrier_once_per_run(h):
+    barrier = h.engine.read_barrier = Barrier()
+    h.engine.execute({"command": "SET", "key": "k", "value": "v"}, h.ctx)
+    h.engine.execute({"command": "GET", "key": "k"}, h.ctx)
+    h.engine.execute({"command": "GET", "key": "k", "consistent": False}, h.ctx)
+    assert barrier.calls == 0
+    replies = []
+    h.engine.execute_batch([{"command": "GET", "key": "k", "consistent": True},
+                            {"command": "LLEN", "key": "l", "consistent": True}], h.ctx, replies)
+    assert barrier.calls == 1 and [r["status"] for r in replies] == ["OK", "OK"]
+
+
+def test_read_consistency_linearizable_makes_reads_without_the_field_pass_the_barrier(h):
+    barrier = h.engine.read_barrier = Barrier()
+    h.engine.consistent_by_default = True
+    h.engine.execute({"command": "EXISTS", "key": "k"}, h.ctx)
+    assert barrier.calls == 1
+    h.engine.execute({"command": "EXISTS", "key": "k", "consistent": False}, h.ctx)
+    assert barrier.calls == 1
+
+
+def test_a_failed_barrier_fails_the_linearizable_reads_only(h):
+    h.engine.execute({"command": "SET", "key": "k", "value": "v"}, h.ctx)
+    h.engine.read_barrier = Barrier(NoLeader("the leader was not confirmed"))
+    replies = []
+    h.engine.execute_batch([{"command": "GET", "key": "k"},
+                            {"command": "GET", "key": "k", "consistent": True},
+                            {"command": "SET", "key": "k2", "value": "w"}], h.ctx, replies)
+    assert replies[0] == {"status": "OK", "value": "v"}
+    assert_error(replies[1], "NO_LEADER", "not confirmed")
+    assert replies[2]["status"] == "OK"
