@@ -114,6 +114,7 @@ class Options:
     cacert: Optional[str] = None
     cert: Optional[str] = None
     key: Optional[str] = None
+    consistent: bool = False
 
 
 def parse_tests(text: str) -> tuple[str, ...]:
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cacert", metavar="FILE", help="CA certificate (PEM) the server's must chain to (default: system CAs)")
     add("--cert", metavar="FILE", help="client certificate (PEM), for a server with tls_auth_clients")
     add("--key", metavar="FILE", help="private key of --cert (PEM)")
+    add("--consistent", action="store_true",
+        help="GETs ask for linearizable reads (the 'consistent' field; docs/cluster.md)")
     add("--procs", metavar="N", type=_int_at_least(1), default=defaults.procs,
         help="client processes the connections are spread over (default: CPUs, %(default)s)")
     add("--max-seconds", dest="max_seconds", metavar="SECONDS", type=_positive_seconds,
@@ -245,8 +248,10 @@ class ClientPlan:
 
 
 def plan_client(test: str, client: int, count: int, run_id: str, value: str,
-                keyspace: Optional[int] = None) -> ClientPlan:
+                keyspace: Optional[int] = None, consistent: bool = False) -> ClientPlan:
     """Decide what connection number `client` sends in `test` (pure; deterministic per run_id).
+
+    With `consistent`, every GET asks for a linearizable read (--consistent).
 
     Per-client keys embed `run_id`, which is fresh for every test of every run,
     so a SET never meets a key an earlier test or run left behind.
@@ -264,9 +269,9 @@ def plan_client(test: str, client: int, count: int, run_id: str, value: str,
     if test == "get":
         if randoms is None:
             key = "key:" + own
-            return ClientPlan([_set(key, value)], itertools.repeat(_get(key), count), count, True)
+            return ClientPlan([_set(key, value)], itertools.repeat(_get(key, consistent), count), count, True)
         return ClientPlan([_set("key:%d" % k, value) for k in sorted(set(randoms))],
-                          (_get("key:%d" % k) for k in randoms), count, False)
+                          (_get("key:%d" % k, consistent) for k in randoms), count, False)
     if test == "incr":
         if randoms is None:
             return ClientPlan([], itertools.repeat({"command": "INCR", "key": "counter:" + own}, count),
@@ -288,11 +293,12 @@ def plan_client(test: str, client: int, count: int, run_id: str, value: str,
         reads = [rng.random() < 0.5 for _ in range(count)]
         if randoms is None:
             key = "key:" + own
-            requests = (_get(key) if read else _set("key:%s:%d" % (own, i), value)
+            requests = (_get(key, consistent) if read else _set("key:%s:%d" % (own, i), value)
                         for i, read in enumerate(reads))
             return ClientPlan([_set(key, value)], requests, count, False)
         read_keys = sorted({k for k, read in zip(randoms, reads) if read})
-        requests = (_get("key:%d" % k) if read else _set("key:%d" % k, value) for k, read in zip(randoms, reads))
+        requests = (_get("key:%d" % k, consistent) if read else _set("key:%d" % k, value)
+                    for k, read in zip(randoms, reads))
         return ClientPlan([_set("key:%d" % k, value) for k in read_keys], requests, count, False,
                           frozenset({"KEY_EXISTS"}))
     raise ValueError("unknown test %r" % test)
@@ -302,7 +308,9 @@ def _set(key: str, value: str) -> dict:
     return {"command": "SET", "key": key, "value": value}
 
 
-def _get(key: str) -> dict:
+def _get(key: str, consistent: bool = False) -> dict:
+    if consistent:
+        return {"command": "GET", "key": key, "consistent": True}
     return {"command": "GET", "key": key}
 
 
@@ -707,7 +715,8 @@ def _worker(slot: int, test: str, options: Options, run_id: str, assigned: list,
         if options.password is not None:
             auth = encode_batches([{"command": "AUTH", "value": options.password}], 1, 1, False)
             _run_untimed(conns, [auth] * len(conns), "AUTH", setup_deadline)
-        plans = [plan_client(test, client, count, run_id, value, options.keyspace) for client, count in assigned]
+        plans = [plan_client(test, client, count, run_id, value, options.keyspace, options.consistent)
+                 for client, count in assigned]
         setups = [encode_batches(plan.setup, len(plan.setup), SETUP_PIPELINE, False) for plan in plans]
         _run_untimed(conns, setups, "pre-populating the %s test" % test.upper(), setup_deadline,
                      frozenset({"KEY_EXISTS"}))

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, TextIO
 
 from .client import DEFAULT_HOST, DEFAULT_PORT, Client, GeomysConnectionError
 from .commands import TABLE, CommandSpec, lookup
+from .commands.table import CONSISTENT
 from .errors import GeomysError
 from .tls import TlsError
 
@@ -46,12 +47,14 @@ def split_line(line: str) -> list[str]:
     return shlex.split(line)
 
 
-def parse_words(words: list[str], table: Mapping[str, CommandSpec] = TABLE) -> dict:
+def parse_words(words: list[str], table: Mapping[str, CommandSpec] = TABLE,
+                consistent: Optional[bool] = None) -> dict:
     """Turn a command's words into its request map, or raise UsageError (nothing is sent).
 
     The words fill the spec's fields in order, required ones first. Numeric
     words (TTL_MS, OFFSET, TIMEOUT) are sent as given: the server accepts
-    decimal strings and owns the validation.
+    decimal strings and owns the validation. A read gets the 'consistent'
+    field when `consistent` is not None (--consistent).
     """
     if not words:
         raise UsageError("empty command")
@@ -65,6 +68,8 @@ def parse_words(words: list[str], table: Mapping[str, CommandSpec] = TABLE) -> d
     request = {"command": spec.name}
     for field, word in zip(spec.fields, given):
         request[field.name] = word
+    if consistent is not None and spec.is_read:
+        request[CONSISTENT] = consistent
     return request
 
 
@@ -160,7 +165,7 @@ def run_line(client: Client, line: str) -> bool:
         _say(help_text(words[1:]))
         return True
     try:
-        request = parse_words(words)
+        request = parse_words(words, consistent=client.consistent)
     except UsageError as exc:
         _say("Error: %s" % exc)
         return True
@@ -207,7 +212,7 @@ def run_once(client: Client, words: list[str]) -> int:
     if name in ("quit", "exit"):
         return EXIT_OK
     try:
-        request = parse_words(words)
+        request = parse_words(words, consistent=client.consistent)
     except UsageError as exc:
         _say("geomys-cli: %s" % exc, sys.stderr)
         return EXIT_USAGE
@@ -260,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CA certificate (PEM) the server's must chain to (default: the system's CAs)")
     parser.add_argument("--cert", "-cert", metavar="FILE", help="client certificate (PEM), for tls_auth_clients")
     parser.add_argument("--key", "-key", metavar="FILE", help="private key of --cert (PEM)")
+    parser.add_argument("--consistent", "-consistent", action="store_const", const=True, default=None,
+                        help="linearizable reads: GET, LLEN and EXISTS on a cluster node first confirm the "
+                             "leader's commit point (docs/cluster.md); default: the server's read_consistency")
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND ARGS",
                         help="a command to run once, e.g. set name 'john doe'")
     return parser
@@ -273,7 +281,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--cacert, --cert and --key need --tls")
     try:
         client = Client(args.host, args.port, password=args.password, connect_timeout=CONNECT_TIMEOUT,
-                        ssl=args.tls, ssl_ca_certs=args.cacert, ssl_certfile=args.cert, ssl_keyfile=args.key)
+                        ssl=args.tls, ssl_ca_certs=args.cacert, ssl_certfile=args.cert, ssl_keyfile=args.key,
+                        consistent=args.consistent)
     except TlsError as exc:
         parser.error(str(exc))
     try:

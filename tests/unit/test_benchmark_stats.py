@@ -222,3 +222,12 @@ def test_report_shows_percentiles_errors_by_code_and_expected_replies():
                  "requests per second", "p50=", "p95=", "p99=", "max=", "errors: 2 (NOT_FOUND=2)",
                  "KEY_EXISTS=7"):
         assert part in text
+
+
+def test_consistent_marks_every_get_and_nothing_else():
+    for test in ("get", "mixed"):
+        plan = plan_client(test, 0, 50, "run1", "v", keyspace=10, consistent=True)
+        requests = _requests(plan)
+        assert all(r.get("consistent") is True for r in requests if r["command"] == "GET")
+        assert all("consistent" not in r for r in requests + plan.setup if r["command"] != "GET")
+    assert all("consistent" not in r for r in _requests(plan_client("get", 0, 5, "run1", "v")))

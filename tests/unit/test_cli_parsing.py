@@ -226,3 +226,16 @@ def test_password_option_has_short_seed_and_long_spellings(argv):
 def test_words_after_the_command_are_kept_even_when_they_look_like_options():
     args = build_parser().parse_args(["-host", "localhost", "echo", "--port"])
     assert args.host == "localhost" and args.words == ["echo", "--port"]
+
+
+def test_consistent_adds_the_field_to_reads_only():
+    assert parse_words(["get", "k"], consistent=True) == {"command": "GET", "key": "k", "consistent": True}
+    assert parse_words(["exists", "k"], consistent=True)["consistent"] is True
+    assert "consistent" not in parse_words(["set", "k", "v"], consistent=True)
+    assert "consistent" not in parse_words(["get", "k"])
+
+
+@pytest.mark.parametrize("argv", [["--consistent"], ["-consistent"]])
+def test_consistent_option_has_both_spellings_and_defaults_to_the_servers_choice(argv):
+    assert build_parser().parse_args(argv).consistent is True
+    assert build_parser().parse_args([]).consistent is None
