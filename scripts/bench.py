@@ -11,10 +11,13 @@ them all alike; medians are quoted. Geomys is driven by geomys-benchmark,
 Redis by redis-benchmark, PySyncObj by client threads in one of its nodes
 (scripts/pysyncobj_node.py, which pip installs pysyncobj into this
 interpreter's environment first if needed). The cluster is also compared with
-PySyncObj on SET at 1, 8 and 50 clients, in a section of its own.
+PySyncObj on SET at 1, 8 and 50 clients, in a section of its own; and, with
+--reads, its GET is measured local against linearizable (`consistent`), on
+the leader and through a follower, in a section of its own.
 
     python scripts/bench.py --repeat 3                 # everything, into docs/performance.md
     python scripts/bench.py --pysyncobj --repeat 3     # only the cluster against PySyncObj
+    python scripts/bench.py --reads --repeat 3         # only local against linearizable reads
     python scripts/bench.py --quick --servers standalone,baseline --tests set --output /tmp/perf.md
 
 Every run is bounded by --max-seconds; the servers are stopped by PID at the
@@ -54,6 +57,11 @@ COMPARISON_SECTION = "pysyncobj"
 PYSYNCOBJ = "pysyncobj==0.3.17"  # pinned, so a re-run measures the same library
 PYSYNCOBJ_BATCHING = ("off", "2ms")  # the settings of scripts/pysyncobj_node.py
 
+# Linearizable reads against local ones: GET on one cluster, in a section of its own.
+READS_SECTION = "reads"
+READ_WHERE = (("leader", "on the leader"), ("follower", "through a follower"))
+READ_GOAL = 0.5   # a consistent GET at 50 clients, -P 16, over a local one
+
 # Rows of the tables, in display order: (row key, label). "cluster" gives two rows.
 ROWS = (
     ("baseline", "baseline (scripts/baseline_server.py)"),
@@ -84,6 +92,7 @@ class Target:
     tool: str = "geomys-benchmark"
     clients: tuple[int, ...] = CLIENTS
     runner: Optional["PySyncObjRuns"] = None  # runs each cell itself instead of a tool
+    options: tuple[str, ...] = ()             # more geomys-benchmark options, e.g. --consistent
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +115,11 @@ Cell = Sample  # a cell's summary has the same fields as one run
 
 
 def geomys_benchmark_argv(port: int, test: str, clients: int, pipeline: int, requests: int,
-                          max_seconds: float) -> list[str]:
+                          max_seconds: float, options: Sequence[str] = ()) -> list[str]:
     """The geomys-benchmark command line of one run (its default report, which says when it was cut short)."""
     return command_path("geomys-benchmark") + [
         "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", str(pipeline), "-n", str(requests),
-        "-t", test, "--max-seconds", str(max_seconds)]
+        "-t", test, "--max-seconds", str(max_seconds), *options]
 
 
 def redis_benchmark_argv(port: int, test: str, clients: int, pipeline: int, requests: int) -> list[str]:
@@ -159,7 +168,7 @@ def run_tool(target: Target, test: str, clients: int, pipeline: int, requests: i
     if target.tool == "redis-benchmark":
         argv, parse = redis_benchmark_argv(target.port, test, clients, pipeline, requests), parse_redis_csv
     else:
-        argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds)
+        argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds, target.options)
         parse = parse_geomys_report
     try:
         # geomys-benchmark bounds itself by --max-seconds; this bound is for a tool that hangs.
@@ -217,6 +226,27 @@ def start_targets(servers: Servers, workdir: Path, names: Sequence[str], warm_up
                            clients=COMPARISON_CLIENTS, runner=PySyncObjRuns(servers, workdir, batching, role))
                     for batching in PYSYNCOBJ_BATCHING for role in ("leader", "follower")]
     return targets
+
+
+def start_read_targets(servers: Servers, workdir: Path) -> tuple[list[Target], dict[str, int]]:
+    """One 3-node cluster; GET on its leader and on a follower, each local and linearizable.
+
+    Returns the rows and the client port of each place, for reading INFO's read-index counters.
+    """
+    nodes = tuple(start_cluster(servers, workdir))
+    ports = {"leader": nodes[0].port, "follower": nodes[1].port}
+    targets = [Target("%s %s" % (where, kind), ports[where], ("get",), nodes, options=options)
+               for where, _ in READ_WHERE for kind, options in (("local", ()), ("consistent", ("--consistent",)))]
+    return targets, ports
+
+
+def read_index_figures(ports: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """(read_index_rounds, read_index_reads) from INFO of the leader and of the follower."""
+    figures = {}
+    for where, port in ports.items():
+        node = info(port)
+        figures[where] = (node.get("read_index_rounds", 0), node.get("read_index_reads", 0))
+    return figures
 
 
 def fill_backlog(port: int) -> None:
@@ -621,6 +651,45 @@ def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[in
     ])
 
 
+def render_reads(results: dict[tuple, Cell], repeat: int, requests: dict[int, int], max_seconds: float,
+                 rounds: dict[str, tuple[int, int]], argv: Sequence[str], seconds: float) -> str:
+    """The generated markdown of local against linearizable GET on the cluster."""
+    lines = ["| GET, 3-node cluster | local req/s | consistent req/s | consistent / local | p50 ms, local / "
+             "consistent | cluster CPU µs/request, local / consistent |", "|---|---:|---:|---:|---:|---:|"]
+    goals = ["| ratio (median req/s over median req/s, same run) | measured | goal | met |", "|---|---:|---:|---|"]
+    for where, label in READ_WHERE:
+        for clients in CLIENTS:
+            for pipeline in PIPELINES:
+                local = results.get(("%s local" % where, "get", clients, pipeline))
+                consistent = results.get(("%s consistent" % where, "get", clients, pipeline))
+                if local is None or consistent is None:
+                    continue
+                value = consistent.rps / local.rps if local.rps else 0.0
+                lines.append("| %s, %d client%s, -P %d | %s | %s | %s | %.2f / %.2f | %.0f / %.0f |" % (
+                    label, clients, "" if clients == 1 else "s", pipeline, "{:,.0f}{}".format(local.rps, mark(local)),
+                    "{:,.0f}{}".format(consistent.rps, mark(consistent)), ratio_text(value), local.p50_ms,
+                    consistent.p50_ms, local.cpu_us, consistent.cpu_us))
+                if clients == 50 and pipeline == 16:
+                    goals.append("| consistent GET %s vs local, 50 clients, -P 16 | %s | ≥ %.2f | %s |"
+                                 % (label, ratio_text(value), READ_GOAL, "yes" if value >= READ_GOAL else "**no**"))
+    shared = ", ".join("%s %d reads in %d rounds" % (where, reads, count) for where, (count, reads) in rounds.items())
+    return "\n".join([
+        generated_line(argv, seconds),
+        "",
+        "GET of keys written before the clock starts (geomys-benchmark -t get), on one 3-node cluster: local "
+        "reads, and linearizable ones (--consistent: each read waits for a read index the leader confirmed "
+        "with a majority, docs/cluster.md). " + method_line(repeat, requests, max_seconds) +
+        " Cluster CPU is user + system time of the three nodes over the requests of the run. Over the whole "
+        "run, INFO counted: %s (on the follower, a round is one ReadIndex request to the leader)." % shared,
+        "",
+        "\n".join(lines),
+        "",
+        "\n".join("- " + note for note in MARKS),
+        "",
+        "\n".join(goals),
+    ])
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -657,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
              "the cluster against PySyncObj)" % (",".join(map(str, COMPARISON_CLIENTS)),
                                                  ",".join(map(str, CLIENTS)),
                                                  ",".join(map(str, sorted(set(COMPARISON_CLIENTS) - set(CLIENTS))))))
+    add("--reads", action="store_true",
+        help="only GET on a 3-node cluster, local against linearizable (--consistent), on the leader and "
+             "through a follower, written into its own section")
     add("--pysyncobj", action="store_true",
         help="only the 3-node cluster against PySyncObj (SET at %s clients), written into its own section"
              % "/".join(map(str, COMPARISON_CLIENTS)))
@@ -669,8 +741,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.pysyncobj and (args.servers or args.tests):
-        parser.error("--pysyncobj chooses its servers and tests itself")
+    if (args.pysyncobj or args.reads) and (args.servers or args.tests):
+        parser.error("--pysyncobj and --reads choose their servers and tests themselves")
+    if args.pysyncobj and args.reads:
+        parser.error("--pysyncobj and --reads are separate runs")
     names = ("cluster", "pysyncobj") if args.pysyncobj else args.servers or SERVERS
     tests = ("set",) if args.pysyncobj else args.tests or TESTS
     repeat = args.repeat or (1 if args.quick else 3)
@@ -678,6 +752,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     requests = {1: base_n, 16: 5 * base_n}
     warmed_up = "cluster" in names and not args.quick
     started = time.monotonic()
+    if args.reads:
+        return run_reads(args, argv, repeat, requests, started)
     with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
         targets = start_targets(servers, Path(tmp), names, warm_up=warmed_up)
         if args.clients:
@@ -694,6 +770,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, text in sections:
         print(text + "\n")
         replace_section(args.output, name, text)
+    print("written into %s" % args.output, file=sys.stderr)
+    return 0
+
+
+def run_reads(args: argparse.Namespace, argv: Sequence[str], repeat: int, requests: dict[int, int],
+              started: float) -> int:
+    """--reads: local against linearizable GET on one cluster, into its own section."""
+    with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
+        targets, ports = start_read_targets(servers, Path(tmp))
+        if args.clients:
+            targets = [replace(t, clients=tuple(c for c in t.clients if str(c) in args.clients)) for t in targets]
+        samples = run_matrix(targets, ("get",), repeat, requests, args.max_seconds)
+        rounds = read_index_figures(ports)
+    text = render_reads(summarize(samples), repeat, requests, args.max_seconds, rounds, argv,
+                        time.monotonic() - started)
+    print(text + "\n")
+    replace_section(args.output, READS_SECTION, text)
     print("written into %s" % args.output, file=sys.stderr)
     return 0
 

@@ -137,7 +137,7 @@ class ClusterNode:
             elif kind is core_mod.ReadReady or kind is core_mod.ReadFailed:
                 ready = kind is core_mod.ReadReady
                 for read_id in action.reads:
-                    slot = self._reads.get(read_id)
+                    slot = self._reads.pop(read_id, None)
                     if slot is not None:   # else its reader gave up waiting
                         slot[1 if ready else 2] = action.index if ready else action.reason
                         slot[0].release()
@@ -375,13 +375,15 @@ class ClusterNode:
             self._reads[read_id] = slot
             self._run(self.core.read_index(read_id, self.now()))
         deadline = self.now() + timeout
-        gate.acquire(timeout=timeout)
-        with self.lock:
-            del self._reads[read_id]
+        if not gate.acquire(timeout=timeout):
+            with self.lock:
+                self._reads.pop(read_id, None)
         index, failure = slot[1], slot[2]
         if index is None:
             raise NoLeader(failure or "the leader was not confirmed within %gs; try again shortly" % timeout)
         core = self.core
+        if core.commit >= index and core.applied >= index:
+            return   # the common case; no lock: the engine reads the store in a later hold of it anyway
         while True:
             with self.lock:
                 if core.commit >= index and core.applied >= index:

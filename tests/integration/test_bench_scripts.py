@@ -112,3 +112,22 @@ def test_bench_tls_quick_reports_ratios_for_every_cell_and_the_handshake_cost(tm
     for _, plain, tls, ratio in client + cluster:
         assert int(plain) > 0 and int(tls) > 0 and float(ratio) > 0
     assert re.search(r"([\d.]+) ms plaintext, ([\d.]+) ms TLS", text), text
+
+
+def test_bench_reads_measures_local_and_consistent_get_on_the_leader_and_a_follower_in_its_own_section(tmp_path):
+    output = tmp_path / "performance.md"
+    output.write_text("prose\n\n<!-- reads:begin -->\nold\n<!-- reads:end -->\n")
+    run = run_script("bench.py", "--reads", "--quick", "--clients", "50", "--requests", "200",
+                     "--max-seconds", "10", "--output", str(output), timeout=180)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert "old" not in text and "<!-- bench:begin -->" not in text
+    rows = re.findall(r"^\| (on the leader|through a follower), 50 clients, -P (1|16) \| ([\d,]+)[*!]* \| "
+                      r"([\d,]+)[*!]* \| ([\d.]+) \|", text, re.M)
+    assert sorted(row[:2] for row in rows) == [("on the leader", "1"), ("on the leader", "16"),
+                                               ("through a follower", "1"), ("through a follower", "16")]
+    for row in rows:
+        assert int(row[2].replace(",", "")) > 0 and int(row[3].replace(",", "")) > 0 and float(row[4]) > 0
+    counted = re.search(r"INFO counted: leader (\d+) reads in (\d+) rounds, follower (\d+) reads in (\d+) rounds",
+                        text)
+    assert counted and all(int(n) > 0 for n in counted.groups())
