@@ -2,10 +2,11 @@
 
 Three inputs drive it: `tick(now)` (time passed), `step(message, now)` (a
 message from another node arrived) and `propose(record)` (the leader logged a
-write). Each returns a list of small immutable actions for the driver
+write); a fourth, `read_index(read_id, now)`, asks for a linearizable read.
+Each returns a list of small immutable actions for the driver
 (geomys.cluster.node) to carry out: send a message, the role changed, apply
 committed entries, replies up to a seq may go, fetch a snapshot, log a
-membership change. The core owns the role, the term, the leader, the
+membership change, a read's index is known (or it failed). The core owns the role, the term, the leader, the
 membership, the learners, per-peer progress, the log and its commit point,
 and the election. It never sleeps, threads, reads a clock or touches the
 network, so the simulator in tests/sim drives it step by step. The driver

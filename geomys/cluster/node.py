@@ -6,8 +6,9 @@ store's, and carries out the actions the core returns: messages go out
 through the transport, committed entries into the store, role changes into
 the engine's routing. It makes no decision of its own: why a node did
 something is always answered in the core. It is also the engine's record
-sink (a reply waits here until what it reveals is committed) and its
-forwarder (a follower hands writes to the leader, batched across clients).
+sink (a reply waits here until what it reveals is committed), its
+forwarder (a follower hands writes to the leader, batched across clients)
+and its read barrier (a linearizable read waits here for its read index).
 """
 
 import heapq
