@@ -344,3 +344,9 @@ def test_repl_on_a_terminal_prompts_clears_the_line_on_ctrl_c_and_keeps_history(
     lines = open(history).read().splitlines()
     assert "set k v" in lines and "get k" in lines
     assert not any("half-typed" in line for line in lines)
+
+
+def test_one_shot_consistent_reads_on_a_standalone_server_like_any_read(server, cli_env):
+    server.call("SET", key="name", value="john doe")
+    result = run_cli(server.port, "--consistent", "get", "name", env=cli_env)
+    assert (result.returncode, result.stdout) == (0, "john doe\n")

@@ -107,3 +107,11 @@ def test_read_consistency_linearizable_makes_plain_reads_linearizable(tmp_path):
         assert nodes.info(follower)["read_index_reads"] == before + 1
     finally:
         nodes.cleanup()
+
+
+def test_a_standalone_server_accepts_consistent_and_checks_it(server):
+    server.call("SET", key="k", value="v")
+    assert server.call("GET", key="k", consistent=True) == {"status": "OK", "value": "v"}
+    assert server.call("EXISTS", key="k", consistent=False) == {"status": "OK", "value": 1}
+    reply = server.call("LLEN", key="k2", consistent="maybe")
+    assert reply["code"] == "BAD_REQUEST" and "consistent" in reply["message"]

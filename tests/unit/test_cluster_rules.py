@@ -341,3 +341,14 @@ def test_candidate_keeps_its_own_answer_when_the_others_disagree_or_are_silent()
     split = [rules.VoteAnswer(2, 2, 3, 900, 3), rules.VoteAnswer(3, 3, 3, 900, 3)]
     assert rules.defer_to_others(own, split) == own
     assert rules.defer_to_others(own, []) == own
+
+
+def test_a_read_round_is_confirmed_by_a_majority_counting_the_leader_itself():
+    members = {1: None, 2: None, 3: None}
+    assert not rules.round_confirmed(1, members, {2: 4, 3: 4}, 5)
+    assert rules.round_confirmed(1, members, {2: 5, 3: 0}, 5)
+    assert rules.round_confirmed(1, members, {2: 6}, 5)              # a later round acknowledges this one too
+    five = {n: None for n in range(1, 6)}
+    assert not rules.round_confirmed(1, five, {2: 5, 9: 5}, 5)       # a learner's answer does not count
+    assert rules.round_confirmed(1, five, {2: 5, 3: 7}, 5)
+    assert not rules.round_confirmed(1, {2: None, 3: None}, {2: 5}, 5)   # a leader outside the membership
