@@ -91,7 +91,7 @@ class Target:
     processes: tuple[Server, ...]
     tool: str = "geomys-benchmark"
     clients: tuple[int, ...] = CLIENTS
-    runner: Optional["PySyncObjRuns"] = None  # runs each cell itself instead of a tool
+    runner: Optional["PySyncObjRuns | ReadIndexRuns"] = None  # runs each cell itself instead of a tool
     options: tuple[str, ...] = ()             # more geomys-benchmark options, e.g. --consistent
 
 
@@ -228,25 +228,45 @@ def start_targets(servers: Servers, workdir: Path, names: Sequence[str], warm_up
     return targets
 
 
-def start_read_targets(servers: Servers, workdir: Path) -> tuple[list[Target], dict[str, int]]:
-    """One 3-node cluster; GET on its leader and on a follower, each local and linearizable.
-
-    Returns the rows and the client port of each place, for reading INFO's read-index counters.
-    """
+def start_read_targets(servers: Servers, workdir: Path) -> list[Target]:
+    """One 3-node cluster; GET on its leader and on a follower, each local and linearizable."""
     nodes = tuple(start_cluster(servers, workdir))
-    ports = {"leader": nodes[0].port, "follower": nodes[1].port}
-    targets = [Target("%s %s" % (where, kind), ports[where], ("get",), nodes, options=options)
-               for where, _ in READ_WHERE for kind, options in (("local", ()), ("consistent", ("--consistent",)))]
-    return targets, ports
+    targets = []
+    for where, port in (("leader", nodes[0].port), ("follower", nodes[1].port)):
+        targets.append(Target("%s local" % where, port, ("get",), nodes))
+        consistent = Target("%s consistent" % where, port, ("get",), nodes, options=("--consistent",))
+        targets.append(replace(consistent, runner=ReadIndexRuns(consistent)))
+    return targets
 
 
-def read_index_figures(ports: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """(read_index_rounds, read_index_reads) from INFO of the leader and of the follower."""
-    figures = {}
-    for where, port in ports.items():
-        node = info(port)
-        figures[where] = (node.get("read_index_rounds", 0), node.get("read_index_reads", 0))
-    return figures
+class ReadIndexRuns:
+    """A linearizable-GET row: geomys-benchmark, with the measured node's read-index counters around each run.
+
+    What INFO counts per cell tells how well reads share rounds: a read
+    barrier covers the reads of one pipeline batch of one connection, and a
+    round (on a follower, a ReadIndex request) covers every barrier waiting.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.counted: dict[tuple[int, int], list[tuple[int, int]]] = {}   # (clients, P) -> [(rounds, barriers)]
+
+    def run(self, clients: int, pipeline: int, requests: int,
+            max_seconds: float) -> tuple[float, float, float, bool, int, bool]:
+        """Run one GET cell; return what run_tool does, and False (no election to flag)."""
+        before = info(self.target.port)
+        figures = run_tool(self.target, "get", clients, pipeline, requests, max_seconds)
+        after = info(self.target.port)
+        self.counted.setdefault((clients, pipeline), []).append(
+            (after["read_index_rounds"] - before["read_index_rounds"],
+             after["read_index_reads"] - before["read_index_reads"]))
+        return (*figures, False)
+
+    def per_round(self, clients: int, pipeline: int) -> str:
+        """Barriers per round in this cell, over all its runs."""
+        counts = self.counted.get((clients, pipeline), [])
+        rounds, barriers = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return "%.1f" % (barriers / rounds) if rounds else "–"
 
 
 def fill_backlog(port: int) -> None:
@@ -651,11 +671,13 @@ def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[in
     ])
 
 
-def render_reads(results: dict[tuple, Cell], repeat: int, requests: dict[int, int], max_seconds: float,
-                 rounds: dict[str, tuple[int, int]], argv: Sequence[str], seconds: float) -> str:
+def render_reads(results: dict[tuple, Cell], targets: Sequence[Target], repeat: int, requests: dict[int, int],
+                 max_seconds: float, argv: Sequence[str], seconds: float) -> str:
     """The generated markdown of local against linearizable GET on the cluster."""
+    runners = {t.row: t.runner for t in targets if t.runner is not None}
     lines = ["| GET, 3-node cluster | local req/s | consistent req/s | consistent / local | p50 ms, local / "
-             "consistent | cluster CPU µs/request, local / consistent |", "|---|---:|---:|---:|---:|---:|"]
+             "consistent | cluster CPU µs/request, local / consistent | barriers per round |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     goals = ["| ratio (median req/s over median req/s, same run) | measured | goal | met |", "|---|---:|---:|---|"]
     for where, label in READ_WHERE:
         for clients in CLIENTS:
@@ -665,22 +687,24 @@ def render_reads(results: dict[tuple, Cell], repeat: int, requests: dict[int, in
                 if local is None or consistent is None:
                     continue
                 value = consistent.rps / local.rps if local.rps else 0.0
-                lines.append("| %s, %d client%s, -P %d | %s | %s | %s | %.2f / %.2f | %.0f / %.0f |" % (
+                lines.append("| %s, %d client%s, -P %d | %s | %s | %s | %.2f / %.2f | %.0f / %.0f | %s |" % (
                     label, clients, "" if clients == 1 else "s", pipeline, "{:,.0f}{}".format(local.rps, mark(local)),
                     "{:,.0f}{}".format(consistent.rps, mark(consistent)), ratio_text(value), local.p50_ms,
-                    consistent.p50_ms, local.cpu_us, consistent.cpu_us))
+                    consistent.p50_ms, local.cpu_us, consistent.cpu_us,
+                    runners["%s consistent" % where].per_round(clients, pipeline)))
                 if clients == 50 and pipeline == 16:
                     goals.append("| consistent GET %s vs local, 50 clients, -P 16 | %s | ≥ %.2f | %s |"
                                  % (label, ratio_text(value), READ_GOAL, "yes" if value >= READ_GOAL else "**no**"))
-    shared = ", ".join("%s %d reads in %d rounds" % (where, reads, count) for where, (count, reads) in rounds.items())
     return "\n".join([
         generated_line(argv, seconds),
         "",
         "GET of keys written before the clock starts (geomys-benchmark -t get), on one 3-node cluster: local "
         "reads, and linearizable ones (--consistent: each read waits for a read index the leader confirmed "
         "with a majority, docs/cluster.md). " + method_line(repeat, requests, max_seconds) +
-        " Cluster CPU is user + system time of the three nodes over the requests of the run. Over the whole "
-        "run, INFO counted: %s (on the follower, a round is one ReadIndex request to the leader)." % shared,
+        " Cluster CPU is user + system time of the three nodes over the requests of the run. A read barrier "
+        "covers the reads of one pipeline batch of one connection; barriers per round is what the measured "
+        "node's INFO counted over the cell's runs (`read_index_reads` over `read_index_rounds`; on a follower "
+        "a round is one ReadIndex request to the leader).",
         "",
         "\n".join(lines),
         "",
@@ -778,12 +802,11 @@ def run_reads(args: argparse.Namespace, argv: Sequence[str], repeat: int, reques
               started: float) -> int:
     """--reads: local against linearizable GET on one cluster, into its own section."""
     with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
-        targets, ports = start_read_targets(servers, Path(tmp))
+        targets = start_read_targets(servers, Path(tmp))
         if args.clients:
             targets = [replace(t, clients=tuple(c for c in t.clients if str(c) in args.clients)) for t in targets]
         samples = run_matrix(targets, ("get",), repeat, requests, args.max_seconds)
-        rounds = read_index_figures(ports)
-    text = render_reads(summarize(samples), repeat, requests, args.max_seconds, rounds, argv,
+    text = render_reads(summarize(samples), targets, repeat, requests, args.max_seconds, argv,
                         time.monotonic() - started)
     print(text + "\n")
     replace_section(args.output, READS_SECTION, text)

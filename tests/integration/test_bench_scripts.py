@@ -123,11 +123,9 @@ def test_bench_reads_measures_local_and_consistent_get_on_the_leader_and_a_follo
     text = output.read_text()
     assert "old" not in text and "<!-- bench:begin -->" not in text
     rows = re.findall(r"^\| (on the leader|through a follower), 50 clients, -P (1|16) \| ([\d,]+)[*!]* \| "
-                      r"([\d,]+)[*!]* \| ([\d.]+) \|", text, re.M)
+                      r"([\d,]+)[*!]* \| ([\d.]+) \| .* \| ([\d.]+) \|$", text, re.M)
     assert sorted(row[:2] for row in rows) == [("on the leader", "1"), ("on the leader", "16"),
                                                ("through a follower", "1"), ("through a follower", "16")]
     for row in rows:
         assert int(row[2].replace(",", "")) > 0 and int(row[3].replace(",", "")) > 0 and float(row[4]) > 0
-    counted = re.search(r"INFO counted: leader (\d+) reads in (\d+) rounds, follower (\d+) reads in (\d+) rounds",
-                        text)
-    assert counted and all(int(n) > 0 for n in counted.groups())
+        assert float(row[5]) >= 1    # barriers per round: every round served at least one
