@@ -102,8 +102,9 @@ class Engine:
         self.forwarder: Optional[Callable[[list, Context], list]] = None
         # A cluster node's read index (geomys.cluster.node): returns once the
         # store holds every write acknowledged before the call, or raises.
-        # Called before a hold of the lock that runs a linearizable read.
-        self.read_barrier: Optional[Callable[[], None]] = None
+        # Called, with how many reads wait on it, before a hold of the lock
+        # that runs linearizable reads.
+        self.read_barrier: Optional[Callable[[int], None]] = None
         self.consistent_by_default = False   # read_consistency = linearizable
         self._digest_cache: Optional[tuple] = None   # (store.changes it was computed at, digest)
         self.max_memory = 0
@@ -287,7 +288,7 @@ class Engine:
         if not reads:
             return
         try:
-            self.read_barrier()
+            self.read_barrier(len(reads))
         except GeomysError as exc:
             failed = error_reply(exc)
             for i in reads:

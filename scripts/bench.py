@@ -245,11 +245,12 @@ class ReadIndexRuns:
     What INFO counts per cell tells how well reads share rounds: a read
     barrier covers the reads of one pipeline batch of one connection, and a
     round (on a follower, a ReadIndex request) covers every barrier waiting.
+    INFO counts the rounds and the reads they gave an index to.
     """
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.counted: dict[tuple[int, int], list[tuple[int, int]]] = {}   # (clients, P) -> [(rounds, barriers)]
+        self.counted: dict[tuple[int, int], list[tuple[int, int]]] = {}   # (clients, P) -> [(rounds, reads)]
 
     def run(self, clients: int, pipeline: int, requests: int,
             max_seconds: float) -> tuple[float, float, float, bool, int, bool]:
@@ -263,10 +264,10 @@ class ReadIndexRuns:
         return (*figures, False)
 
     def per_round(self, clients: int, pipeline: int) -> str:
-        """Barriers per round in this cell, over all its runs."""
+        """Reads per round in this cell, over all its runs."""
         counts = self.counted.get((clients, pipeline), [])
-        rounds, barriers = sum(c[0] for c in counts), sum(c[1] for c in counts)
-        return "%.1f" % (barriers / rounds) if rounds else "–"
+        rounds, reads = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return "%.1f" % (reads / rounds) if rounds else "–"
 
 
 def fill_backlog(port: int) -> None:
@@ -676,7 +677,7 @@ def render_reads(results: dict[tuple, Cell], targets: Sequence[Target], repeat: 
     """The generated markdown of local against linearizable GET on the cluster."""
     runners = {t.row: t.runner for t in targets if t.runner is not None}
     lines = ["| GET, 3-node cluster | local req/s | consistent req/s | consistent / local | p50 ms, local / "
-             "consistent | cluster CPU µs/request, local / consistent | barriers per round |",
+             "consistent | cluster CPU µs/request, local / consistent | reads per round |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     goals = ["| ratio (median req/s over median req/s, same run) | measured | goal | met |", "|---|---:|---:|---|"]
     for where, label in READ_WHERE:
@@ -701,10 +702,10 @@ def render_reads(results: dict[tuple, Cell], targets: Sequence[Target], repeat: 
         "GET of keys written before the clock starts (geomys-benchmark -t get), on one 3-node cluster: local "
         "reads, and linearizable ones (--consistent: each read waits for a read index the leader confirmed "
         "with a majority, docs/cluster.md). " + method_line(repeat, requests, max_seconds) +
-        " Cluster CPU is user + system time of the three nodes over the requests of the run. A read barrier "
-        "covers the reads of one pipeline batch of one connection; barriers per round is what the measured "
-        "node's INFO counted over the cell's runs (`read_index_reads` over `read_index_rounds`; on a follower "
-        "a round is one ReadIndex request to the leader).",
+        " Cluster CPU is user + system time of the three nodes over the requests of the run. Reads per round "
+        "is what the measured node's INFO counted over the cell's runs (`read_index_reads` over "
+        "`read_index_rounds`; on a follower a round is one ReadIndex request to the leader); the reads of "
+        "one pipeline batch of one connection share one wait.",
         "",
         "\n".join(lines),
         "",

@@ -418,7 +418,7 @@ class Core:
         self.reads_waiting: list = []      # (node, read id, arrived) waiting for the next confirmation
         self.last_read_round = 0           # number of the newest round (leader) or request (follower)
         self.stats = {"elections": 0, "catchups_from_backlog": 0, "copies_before_leading": 0,
-                      "read_index_rounds": 0, "read_index_reads": 0}
+                      "read_index_rounds": 0}
         self._now = 0.0                    # the time of the latest input
         self._out: list = []
 
@@ -1178,7 +1178,6 @@ class Core:
         if index is None:
             self._out.append(ReadFailed(tuple(local), reason))
         else:
-            self.stats["read_index_reads"] += len(local)
             self._out.append(ReadReady(tuple(local), index))
 
     # -- joining and leaving -----------------------------------------------------------------

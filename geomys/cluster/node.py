@@ -92,12 +92,12 @@ class ClusterNode:
         # lock its waiter holds and blocks on again: far cheaper than a Condition.
         self._waiters: list = []
         self._waiter_count = 0
-        # Linearizable reads waiting for their read index: id -> [gate, index, failure].
+        # Linearizable reads waiting for their read index: id -> [gate, index, failure, reads it covers].
         self._reads: dict[int, list] = {}
         self._read_ids = itertools.count(1)
         self.leadership = 0        # bumped whenever this node stops leading
         self.store_generation = 0  # bumped whenever a snapshot replaces the store
-        self.stats = {"syncs_full_served": 0, "syncs_full_received": 0}
+        self.stats = {"syncs_full_served": 0, "syncs_full_received": 0, "read_index_reads": 0}
         self.batcher = ForwardBatcher(self._forward_call)
         self._forward_slots = threading.BoundedSemaphore(32)
         self._stopping = threading.Event()
@@ -141,6 +141,8 @@ class ClusterNode:
                     slot = self._reads.pop(read_id, None)
                     if slot is not None:   # else its reader gave up waiting
                         slot[1 if ready else 2] = action.index if ready else action.reason
+                        if ready:
+                            self.stats["read_index_reads"] += slot[3]
                         slot[0].release()
         while self._pending_members:
             members = self._pending_members.pop(0)
@@ -358,8 +360,10 @@ class ClusterNode:
 
     # -- linearizable reads ------------------------------------------------------------------
 
-    def read_barrier(self) -> None:
+    def read_barrier(self, reads: int = 1) -> None:
         """Block until this node's store holds every write acknowledged before the call (the engine's hook).
+
+        `reads` is how many client reads wait on this call (INFO counts them).
 
         The core confirms a read index with a majority (geomys.cluster.core,
         `read_index`); this node then waits until it has applied and
@@ -371,7 +375,7 @@ class ClusterNode:
         gate = threading.Lock()
         gate.acquire()
         read_id = next(self._read_ids)
-        slot = [gate, None, None]
+        slot = [gate, None, None, reads]
         with self.lock:
             self._reads[read_id] = slot
             self._run(self.core.read_index(read_id, self.now()))

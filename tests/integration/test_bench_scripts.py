@@ -128,4 +128,4 @@ def test_bench_reads_measures_local_and_consistent_get_on_the_leader_and_a_follo
                                                ("through a follower", "1"), ("through a follower", "16")]
     for row in rows:
         assert int(row[2].replace(",", "")) > 0 and int(row[3].replace(",", "")) > 0 and float(row[4]) > 0
-        assert float(row[5]) >= 1    # barriers per round: every round served at least one
+        assert float(row[5]) >= 1    # reads per round: every round served at least one

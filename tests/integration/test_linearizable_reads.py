@@ -83,6 +83,19 @@ def test_fifty_concurrent_consistent_reads_share_a_few_rounds_and_info_counts_th
         assert 1 <= rounds < 50, rounds
 
 
+def test_the_reads_of_one_pipelined_batch_share_one_wait(cluster):
+    leader = cluster.wait_leader()
+    incr_acknowledged(cluster, leader)
+    before = cluster.info(leader)
+    with RawClient(cluster.port(leader)) as client:
+        client.send(*[{"command": "GET", "key": "counter", "consistent": True}] * 16)
+        replies = [client.read() for _ in range(16)]
+    after = cluster.info(leader)
+    assert replies == [{"status": "OK", "value": "1"}] * 16
+    assert after["read_index_reads"] - before["read_index_reads"] == 16
+    assert after["read_index_rounds"] - before["read_index_rounds"] == 1
+
+
 @pytest.mark.parametrize("value", ["yes", 1, [True]])
 def test_a_consistent_field_that_is_not_a_boolean_is_bad_request_and_ignored_on_writes(cluster, value):
     leader = cluster.wait_leader()

@@ -211,8 +211,9 @@ class Barrier:
         self.calls = 0
         self.error = error
 
-    def __call__(self) -> None:
+    def __call__(self, reads: int) -> None:
         self.calls += 1
+        self.reads = reads
         if self.error is not None:
             raise self.error
 
@@ -239,7 +240,7 @@ def test_only_a_linearizable_read_passes_the_read_barrier_once_per_run(h):
     replies = []
     h.engine.execute_batch([{"command": "GET", "key": "k", "consistent": True},
                             {"command": "LLEN", "key": "l", "consistent": True}], h.ctx, replies)
-    assert barrier.calls == 1 and [r["status"] for r in replies] == ["OK", "OK"]
+    assert barrier.calls == 1 and barrier.reads == 2 and [r["status"] for r in replies] == ["OK", "OK"]
 
 
 def test_read_consistency_linearizable_makes_reads_without_the_field_pass_the_barrier(h):
