@@ -65,7 +65,7 @@ class Context:
     """Per-connection state the engine reads and updates."""
 
     __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "write_seq", "commands", "before_block",
-                 "is_connected", "address", "forwarded")
+                 "is_connected", "address", "forwarded", "read_floor")
 
     def __init__(self, engine: "Engine", address: str = "",
                  before_block: Callable[[], None] = lambda: None,
@@ -80,6 +80,7 @@ class Context:
         self.is_connected = is_connected
         self.address = address
         self.forwarded = False     # a write another node forwarded here: never forward it again
+        self.read_floor = 0        # a follower: the newest entry its forwarded writes made, which its reads must see
 
 
 class Engine:
@@ -100,11 +101,10 @@ class Engine:
         # a cluster follower forwards them to its leader through this callable
         # (a list of requests in, their replies out).
         self.forwarder: Optional[Callable[[list, Context], list]] = None
-        # A cluster node's read index (geomys.cluster.node): returns once the
-        # store holds every write acknowledged before the call, or raises.
-        # Called, with how many reads wait on it, before a hold of the lock
-        # that runs linearizable reads.
-        self.read_barrier: Optional[Callable[[int], None]] = None
+        # A cluster node's read barrier (geomys.cluster.node): called before a
+        # hold of the lock that runs reads, with how many are linearizable and
+        # the connection's read_floor; returns once they may be answered, or raises.
+        self.read_barrier: Optional[Callable[[int, int], None]] = None
         self.consistent_by_default = False   # read_consistency = linearizable
         self._digest_cache: Optional[tuple] = None   # (store.changes it was computed at, digest)
         self.max_memory = 0
@@ -230,7 +230,7 @@ class Engine:
         k, count = 0, len(run)
         while k < count:
             if self.read_barrier is not None:
-                self._confirm_reads(run, k)
+                self._confirm_reads(run, k, ctx)
             with store.lock:
                 # Read under the lock: the role cannot change between this test
                 # and a write's record reaching the sinks.
@@ -271,24 +271,30 @@ class Engine:
                 replies.extend(self._forward([item[0] for item in run[k:end]], ctx))
                 k = end
 
-    def _confirm_reads(self, run: list, start: int) -> None:
-        """Pass the read barrier if run[start:] holds a linearizable read; on failure, those reads get the error.
+    def _confirm_reads(self, run: list, start: int, ctx: Context) -> None:
+        """Pass the read barrier for the reads of run[start:] that need it; on failure, they get the error.
 
-        Taken after every request of the run arrived, and after any write the
-        run forwarded before them, so it covers each read's start.
+        A linearizable read needs it always; any read does while the store
+        lacks the connection's last forwarded write. Taken after every
+        request of the run arrived, and after any write the run forwarded
+        before them, so it covers each read's start.
         """
         default = self.consistent_by_default
-        reads = []
+        behind = ctx.read_floor > self.seq
+        reads, consistent = [], 0
         for i in range(start, len(run)):
             request, spec, _ = run[i]
             if spec is not None and spec.is_read:
-                consistent = request.get(CONSISTENT)
-                if consistent or (consistent is None and default):
+                wanted = request.get(CONSISTENT)
+                if wanted or (wanted is None and default):
+                    consistent += 1
+                    reads.append(i)
+                elif behind:
                     reads.append(i)
         if not reads:
             return
         try:
-            self.read_barrier(len(reads))
+            self.read_barrier(consistent, ctx.read_floor)
         except GeomysError as exc:
             failed = error_reply(exc)
             for i in reads:

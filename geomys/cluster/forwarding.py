@@ -2,9 +2,9 @@
 
 Every client thread with writes to forward queues them; whichever thread
 finds a call slot free sends everything queued so far in one Forward call
-and hands each client its replies. Fifty clients writing through a follower
-cost a few calls per round trip, not fifty. Client-handler threads call it,
-outside the store lock.
+and hands each client its replies, with the leader's log position that
+covers them. Fifty clients writing through a follower cost a few calls per
+round trip, not fifty. Client-handler threads call it, outside the store lock.
 """
 
 import threading
@@ -15,21 +15,22 @@ MAX_BATCH = 2000       # most requests in one call
 
 
 class _Slot:
-    """One client's writes and, once the call returns, their replies or the error."""
+    """One client's writes and, once the call returns, their replies and log position, or the error."""
 
-    __slots__ = ("address", "requests", "replies", "error")
+    __slots__ = ("address", "requests", "replies", "position", "error")
 
     def __init__(self, address: str, requests: list) -> None:
         self.address = address
         self.requests = requests
         self.replies: Optional[list] = None
+        self.position = 0
         self.error: Optional[BaseException] = None
 
 
 class ForwardBatcher:
     """Gathers queued writes into Forward calls made by the waiting client threads themselves."""
 
-    def __init__(self, call: Callable[[str, list], list]) -> None:
+    def __init__(self, call: Callable[[str, list], tuple[list, int]]) -> None:
         self._call = call
         self._cond = threading.Condition()
         self._pending: list[_Slot] = []
@@ -41,8 +42,11 @@ class ForwardBatcher:
         with self._cond:
             return sum(len(slot.requests) for slot in self._pending)
 
-    def submit(self, address: str, requests: list) -> list:
-        """Run `requests` on the leader at `address`, in order; return the leader's replies."""
+    def submit(self, address: str, requests: list) -> tuple[list, int]:
+        """Run `requests` on the leader at `address`, in order; return its replies and its log position.
+
+        The position is the newest entry the call's replies may rest on.
+        """
         slot = _Slot(address, requests)
         with self._cond:
             self._pending.append(slot)
@@ -61,7 +65,7 @@ class ForwardBatcher:
                     self._cond.wait()
         if slot.error is not None:
             raise slot.error
-        return slot.replies
+        return slot.replies, slot.position
 
     def _take(self) -> list[_Slot]:
         """The oldest queued slots for one address, up to MAX_BATCH requests (caller holds the lock)."""
@@ -80,7 +84,7 @@ class ForwardBatcher:
         """One call for the whole batch; every slot gets its share of the replies, or the error."""
         requests = [r for slot in batch for r in slot.requests]
         try:
-            replies = self._call(batch[0].address, requests)
+            replies, position = self._call(batch[0].address, requests)
         except BaseException as exc:  # NO_LEADER and the like: every client of the batch gets it
             for slot in batch:
                 slot.error = exc
@@ -88,4 +92,5 @@ class ForwardBatcher:
         start = 0
         for slot in batch:
             slot.replies = replies[start:start + len(slot.requests)]
+            slot.position = position
             start += len(slot.requests)

@@ -360,18 +360,24 @@ class ClusterNode:
 
     # -- linearizable reads ------------------------------------------------------------------
 
-    def read_barrier(self, reads: int = 1) -> None:
-        """Block until this node's store holds every write acknowledged before the call (the engine's hook).
+    def read_barrier(self, reads: int, floor: int) -> None:
+        """Block until this node may answer reads: the engine's hook, called before a lock hold with reads.
 
-        `reads` is how many client reads wait on this call (INFO counts them).
-
-        The core confirms a read index with a majority (geomys.cluster.core,
-        `read_index`); this node then waits until it has applied and
-        committed that entry. Raises NoLeader when that cannot happen within
-        rpc_timeout: a linearizable read is never answered from a store that
-        may be stale.
+        With `reads` linearizable reads (INFO counts them), the store must
+        hold every write acknowledged before the call: the core confirms a
+        read index with a majority (geomys.cluster.core, `read_index`) and
+        this node waits until it has applied and committed that entry. Any
+        read must also see entry `floor`, the connection's newest forwarded
+        write, so a client reads its own writes through a follower. Raises
+        NoLeader when that cannot happen within rpc_timeout: the reads are
+        never answered from a store that may be stale.
         """
         timeout = self.config.rpc_timeout
+        if not reads:
+            if not self._catch_up(floor, self.now() + timeout):
+                raise NoLeader("this node has not caught up with this connection's last write within %gs; "
+                               "try again shortly" % timeout)
+            return
         gate = threading.Lock()
         gate.acquire()
         read_id = next(self._read_ids)
@@ -386,18 +392,22 @@ class ClusterNode:
         index, failure = slot[1], slot[2]
         if index is None:
             raise NoLeader(failure or "the leader was not confirmed within %gs; try again shortly" % timeout)
+        if not self._catch_up(max(index, floor), deadline):
+            raise NoLeader("this node did not catch up with the leader's commit point within %gs" % timeout)
+
+    def _catch_up(self, seq: int, deadline: float) -> bool:
+        """Wait until this node's store holds entry `seq`, committed; False if `deadline` passes first."""
         core = self.core
-        if core.commit >= index and core.applied >= index:
-            return   # the common case; no lock: the engine reads the store in a later hold of it anyway
+        if core.commit >= seq and core.applied >= seq:
+            return True   # the common case; no lock: the engine reads the store in a later hold of it anyway
         while True:
             with self.lock:
-                if core.commit >= index and core.applied >= index:
-                    return
+                if core.commit >= seq and core.applied >= seq:
+                    return True
                 remaining = deadline - self.now()
                 if remaining <= 0:
-                    raise NoLeader("this node did not catch up with the leader's commit point within %gs"
-                                   % timeout)
-                gate = self._gate(index)
+                    return False
+                gate = self._gate(seq)
             gate.acquire(timeout=remaining)
 
     # -- the engine's forwarder (follower) ---------------------------------------------------
@@ -412,8 +422,13 @@ class ClusterNode:
             raise NoLeader("this node is not the leader")
         leader = self._leader_address()
         if len(requests) == 1 and _is_blocking(requests[0]):
-            return [self._forward_blocking(leader, requests[0], ctx)]
-        return self.batcher.submit(leader, requests)
+            reply, seq = self._forward_blocking(leader, requests[0], ctx)
+            replies = [reply]
+        else:
+            replies, seq = self.batcher.submit(leader, requests)
+        # The connection's next reads here wait until this store holds these writes.
+        ctx.read_floor = max(ctx.read_floor, seq)
+        return replies
 
     def _leader_address(self) -> str:
         core = self.core
@@ -422,8 +437,8 @@ class ClusterNode:
             raise NoLeader("no leader is known at the moment; try again shortly")
         return leader.grpc_address
 
-    def _forward_call(self, address: str, requests: list, timeout: Optional[float] = None) -> list:
-        """One Forward call: the leader runs `requests` in order and answers each."""
+    def _forward_call(self, address: str, requests: list, timeout: Optional[float] = None) -> tuple[list, int]:
+        """One Forward call: the leader runs `requests` in order; return its replies and its log position."""
         try:
             reply = self.transport.call(address, "Forward", pb.ForwardRequest(
                 requests=[_pack(r) for r in requests], term=self.core.term, from_node=self.core.id),
@@ -434,22 +449,28 @@ class ClusterNode:
             raise NoLeader("the node this one follows is no longer the leader; try again shortly")
         if len(reply.replies) != len(requests):
             raise NoLeader("the leader answered %d of %d forwarded requests" % (len(reply.replies), len(requests)))
-        return [_unpack(r) for r in reply.replies]
+        return [_unpack(r) for r in reply.replies], reply.seq
 
-    def _forward_blocking(self, address: str, request: dict, ctx: Context) -> dict:
-        """Wait for a blocking pop in short calls, so a long wait never pins a leader's gRPC worker."""
+    def _forward_blocking(self, address: str, request: dict, ctx: Context) -> tuple[dict, int]:
+        """Wait for a blocking pop in short calls, so a long wait never pins a leader's gRPC worker.
+
+        Returns the reply and the leader's log position it rests on.
+        """
         timeout = float(request.get("timeout") or 0)
         deadline = self.now() + timeout if timeout else None
         while True:
             chunk = FORWARD_BLOCK_CHUNK if deadline is None else min(FORWARD_BLOCK_CHUNK,
                                                                      max(deadline - self.now(), 0.001))
-            reply = self._forward_call(address, [dict(request, timeout=chunk)], chunk + self.config.rpc_timeout)[0]
+            replies, seq = self._forward_call(address, [dict(request, timeout=chunk)],
+                                              chunk + self.config.rpc_timeout)
+            reply = replies[0]
             if reply.get("code") != "TIMEOUT":
-                return reply
+                return reply, seq
             if deadline is not None and self.now() >= deadline:
-                return error_reply(Timeout("no element arrived in list %r within %gs" % (request.get("key"), timeout)))
+                return error_reply(Timeout("no element arrived in list %r within %gs"
+                                           % (request.get("key"), timeout))), seq
             if not ctx.is_connected():
-                return reply
+                return reply, seq
 
     # -- gRPC handlers: Forward and Sync ------------------------------------------------------
 
@@ -480,7 +501,7 @@ class ClusterNode:
         finally:
             if blocking:
                 self._forward_slots.release()
-        return pb.ForwardReply(replies=[_pack(r) for r in replies])
+        return pb.ForwardReply(replies=[_pack(r) for r in replies], seq=ctx.wait_seq)
 
     def serve_sync(self, req: pb.SyncRequest) -> Iterator[pb.SyncChunk]:
         """Stream a snapshot of this node's store: what it holds, at which log position, with which members."""

@@ -128,3 +128,14 @@ def test_a_standalone_server_accepts_consistent_and_checks_it(server):
     assert server.call("EXISTS", key="k", consistent=False) == {"status": "OK", "value": 1}
     reply = server.call("LLEN", key="k2", consistent="maybe")
     assert reply["code"] == "BAD_REQUEST" and "consistent" in reply["message"]
+
+
+def test_a_connection_reads_its_own_writes_through_a_follower(cluster):
+    leader = cluster.wait_leader()
+    follower = next(n for n in cluster.nodes if n != leader)
+    with RawClient(cluster.port(follower)) as client:
+        for i in range(300):
+            assert client.call("SET", key="own%d" % i, value="v%d" % i) == {"status": "OK"}
+            assert client.call("GET", key="own%d" % i) == {"status": "OK", "value": "v%d" % i}
+        client.send({"command": "INCR", "key": "pipelined"}, {"command": "GET", "key": "pipelined"})
+        assert [client.read(), client.read()] == [{"status": "OK", "value": 1}, {"status": "OK", "value": "1"}]

@@ -211,9 +211,9 @@ class Barrier:
         self.calls = 0
         self.error = error
 
-    def __call__(self, reads: int) -> None:
+    def __call__(self, reads: int, floor: int) -> None:
         self.calls += 1
-        self.reads = reads
+        self.reads, self.floor = reads, floor
         if self.error is not None:
             raise self.error
 

@@ -31,18 +31,18 @@ class FakeLeader:
             assert self.release.wait(THREAD_TIMEOUT)
         if self.fail:
             raise self.fail
-        return [{"status": "OK", "value": r} for r in requests]
+        return [{"status": "OK", "value": r} for r in requests], len(self.calls)
 
 
 def submit_in_thread(batcher, requests, results, name):
-    thread = threading.Thread(target=lambda: results.__setitem__(name, batcher.submit("leader:1", requests)))
+    thread = threading.Thread(target=lambda: results.__setitem__(name, batcher.submit("leader:1", requests)[0]))
     thread.start()
     return thread
 
 
 def test_each_client_gets_the_replies_to_its_own_writes_in_order():
     batcher = forwarding.ForwardBatcher(FakeLeader())
-    assert batcher.submit("leader:1", ["a", "b", "c"]) == [{"status": "OK", "value": v} for v in "abc"]
+    assert batcher.submit("leader:1", ["a", "b", "c"]) == ([{"status": "OK", "value": v} for v in "abc"], 1)
 
 
 def test_writes_queued_while_the_call_slots_are_busy_go_in_one_call(monkeypatch):
@@ -71,4 +71,4 @@ def test_a_failed_call_fails_every_write_of_its_batch_and_the_next_one_still_run
     with pytest.raises(NoLeader):
         batcher.submit("leader:1", ["x"])
     leader.fail = None
-    assert batcher.submit("leader:1", ["y"]) == [{"status": "OK", "value": "y"}]
+    assert batcher.submit("leader:1", ["y"])[0] == [{"status": "OK", "value": "y"}]
