@@ -16,6 +16,14 @@ PySyncObj on SET at 1, 8 and 50 clients, in a section of its own.
     python scripts/bench.py --repeat 3                 # everything, into docs/performance.md
     python scripts/bench.py --pysyncobj --repeat 3     # only the cluster against PySyncObj
     python scripts/bench.py --quick --servers standalone,baseline --tests set --output /tmp/perf.md
+    python scripts/bench.py --cpu --repeat 3           # server CPU per request against the baseline
+
+--cpu measures what the server spends per request instead: Geomys, writethrough
+(SET only) and the baseline, SET and GET at 8 and 50 clients, a fixed -n per
+run; user and system CPU from /proc/PID/stat, and `perf stat` counts per
+request (context switches, page faults, syscalls by kind) when perf is
+installed and allowed, else context switches sampled from /proc
+(scripts/server_counters.py). It writes a section of its own.
 
 Every run is bounded by --max-seconds; the servers are stopped by PID at the
 end and on Ctrl-C. Runs in the main thread; imports only scripts/bench_common.py,
@@ -38,8 +46,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Connection, Server, Servers, add_output_option, command_path,
-                          free_port, info, machine_summary, median, positive_int, replace_section, run_main,
-                          start_cluster, start_geomys, wait_until)
+                          free_port, info, machine_summary, median, positive_int, publish, replace_section,
+                          run_main, start_cluster, start_geomys, wait_until)
+import server_counters
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis", "pysyncobj")
 TESTS = ("set", "get", "incr")
@@ -621,6 +630,186 @@ def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[in
     ])
 
 
+# -- server CPU per request (--cpu) -----------------------------------------------------------
+
+CPU_SECTION = "bench_cpu"
+CPU_SERVERS = ("baseline", "standalone", "writethrough")
+CPU_TESTS = ("set", "get")
+CPU_CLIENTS = (8, 50)
+CPU_REQUESTS = 40000   # -n at pipeline 1; pipeline 16 runs CPU_P16_FACTOR times as many
+CPU_P16_FACTOR = 10
+CPU_GOAL = 1.25        # Geomys's CPU per request over the baseline's, at most
+RPS_GOAL = 0.90        # Geomys's req/s over the baseline's, at least
+WRITETHROUGH_GOAL = 0.50  # writethrough SET req/s over persistence none, at least
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """One run of one cell on one server (or, summarized, the medians of a cell's runs): per request."""
+
+    rps: float
+    user_us: float
+    system_us: float
+    counts: dict  # perf or /proc counts divided by the requests, by name
+    source: str
+    cut_short: bool
+    errors: int
+
+    @property
+    def cpu_us(self) -> float:
+        return self.user_us + self.system_us
+
+
+def run_cpu_one(target: Target, test: str, clients: int, pipeline: int, requests: int, max_seconds: float,
+                perf: Optional[str], events: Sequence[str]) -> CpuSample:
+    """One geomys-benchmark run with fixed -n, the server's CPU and counts taken around it."""
+    argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds)
+    server = target.processes[0]
+    try:
+        run, usage = server_counters.run_measured(argv, server.pid, perf, events, timeout=2 * max_seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError("geomys-benchmark did not finish: %s" % " ".join(argv)) from None
+    if run.returncode != 0:
+        raise BenchError("geomys-benchmark failed (status %d): %s\n%s" % (run.returncode, " ".join(argv), run.stderr))
+    rps, _, _, cut_short, errors = parse_geomys_report(run.stdout)
+    served = min(requests, rps * max_seconds) if cut_short else requests
+    per = 1e6 / max(served, 1)
+    return CpuSample(rps, usage.user_s * per, usage.system_s * per,
+                     {name: count / max(served, 1) for name, count in usage.counts.items()},
+                     usage.source, cut_short, errors)
+
+
+def run_cpu_matrix(targets: Sequence[Target], tests: Sequence[str], clients: Sequence[int], repeat: int,
+                   requests: dict[int, int], max_seconds: float, perf: Optional[str],
+                   events: Sequence[str]) -> dict[tuple, list[CpuSample]]:
+    """Every (row, test, clients, pipeline) `repeat` times; in each cell the servers take turns, in an order
+    that rotates from one repetition to the next."""
+    keys = [(test, c, p) for test in tests for c in clients for p in PIPELINES]
+    total = repeat * sum(1 for t in targets for key in keys if key[0] in t.tests)
+    samples: dict[tuple, list[CpuSample]] = {}
+    done, started = 0, time.monotonic()
+    for rep in range(repeat):
+        order = list(targets[rep % len(targets):]) + list(targets[:rep % len(targets)])
+        for test, c, p in keys:
+            for target in order:
+                if test not in target.tests:
+                    continue
+                sample = run_cpu_one(target, test, c, p, requests[p], max_seconds, perf, events)
+                samples.setdefault((target.row, test, c, p), []).append(sample)
+                done += 1
+                print("[%3d/%d %5.0fs] rep %d  %-12s %-4s c=%-2d P=%-2d %9.0f req/s %6.1f µs CPU/request"
+                      % (done, total, time.monotonic() - started, rep + 1, target.row, test, c, p, sample.rps,
+                         sample.cpu_us), file=sys.stderr, flush=True)
+    return samples
+
+
+def summarize_cpu(samples: dict[tuple, list[CpuSample]]) -> dict[tuple, CpuSample]:
+    """The median of every figure of each cell."""
+    result = {}
+    for key, runs in samples.items():
+        names = dict.fromkeys(name for run in runs for name in run.counts)
+        result[key] = CpuSample(median([r.rps for r in runs]), median([r.user_us for r in runs]),
+                                median([r.system_us for r in runs]),
+                                {n: median([r.counts.get(n, 0.0) for r in runs]) for n in names},
+                                runs[0].source, any(r.cut_short for r in runs), sum(r.errors for r in runs))
+    return result
+
+
+CPU_ROWS = (("baseline", "baseline"), ("standalone", "Geomys"), ("writethrough", "Geomys writethrough"))
+
+
+def cpu_table(results: dict[tuple, CpuSample], test: str) -> str:
+    """One test's cells: per server, req/s, CPU per request split, and the counts per request."""
+    names = list(dict.fromkeys(n for key, cell in results.items() if key[1] == test for n in cell.counts))
+    lines = ["| %s | server | req/s | CPU µs/request: user + system = total | CPU × baseline | %s |"
+             % (test.upper(), " | ".join("%s /req" % n for n in names)),
+             "|---|---|---:|---:|---:|%s" % ("---:|" * len(names))]
+    for c in sorted({key[2] for key in results}):
+        for p in PIPELINES:
+            base = results.get(("baseline", test, c, p))
+            for row, label in CPU_ROWS:
+                cell = results.get((row, test, c, p))
+                if cell is None:
+                    continue
+                factor = "%.2f" % (cell.cpu_us / base.cpu_us) if base and base.cpu_us and row != "baseline" else "–"
+                flags = ("*" if cell.cut_short else "") + ("!" if cell.errors else "")
+                lines.append("| %d clients, -P %d | %s | %s%s | %.1f + %.1f = **%.1f** | %s | %s |" % (
+                    c, p, label, "{:,.0f}".format(cell.rps), flags, cell.user_us, cell.system_us, cell.cpu_us,
+                    factor, " | ".join("%.2f" % cell.counts.get(n, 0.0) for n in names)))
+    return "\n".join(lines)
+
+
+def cpu_goals_table(results: dict[tuple, CpuSample]) -> str:
+    """Geomys against the baseline per cell (CPU and req/s), and writethrough against persistence none."""
+    lines = ["| cell | CPU/request × baseline (goal ≤ %.2f) | req/s × baseline (goal ≥ %.2f) | "
+             "writethrough req/s × none (goal ≥ %.2f) |" % (CPU_GOAL, RPS_GOAL, WRITETHROUGH_GOAL),
+             "|---|---:|---:|---:|"]
+
+    def verdict(value: Optional[float], goal: float, at_most: bool = False) -> str:
+        if value is None:
+            return "–"
+        met = value <= goal if at_most else value >= goal
+        return "%.2f %s" % (value, "yes" if met else "**no**")
+
+    for key in sorted({k[1:] for k in results}, key=lambda k: (CPU_TESTS.index(k[0]), k[1], k[2])):
+        base, geomys, wt = (results.get((row,) + key) for row in ("baseline", "standalone", "writethrough"))
+        cpu = geomys.cpu_us / base.cpu_us if geomys and base and base.cpu_us else None
+        rps = geomys.rps / base.rps if geomys and base and base.rps else None
+        wt_ratio = wt.rps / geomys.rps if wt and geomys and geomys.rps else None
+        lines.append("| %s, %d clients, -P %d | %s | %s | %s |" % (
+            key[0].upper(), key[1], key[2], verdict(cpu, CPU_GOAL, at_most=True), verdict(rps, RPS_GOAL),
+            verdict(wt_ratio, WRITETHROUGH_GOAL)))
+    return "\n".join(lines)
+
+
+def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: int, requests: dict[int, int],
+               max_seconds: float, perf: Optional[str], events: Sequence[str], argv: Sequence[str],
+               seconds: float) -> str:
+    """The generated markdown of the CPU mode."""
+    source = next(iter(results.values())).source if results else "none"
+    if source == "perf":
+        counted = ("Counts per request from `%s stat` attached to the server for the whole run (%s)."
+                   % (Path(perf).name, ", ".join(events)))
+    else:
+        counted = ("perf was not usable here (%s), so the only counts are context switches, sampled from "
+                   "/proc/PID/task/*/status every %g s: threads that ended between two samples are missed, "
+                   "so they are lower bounds." % ("not installed" if not perf else "no event could be counted",
+                                                   server_counters.SAMPLE_INTERVAL))
+    parts = [
+        generated_line(argv, seconds), "",
+        "Each figure is the median of %d run%s; in each cell the servers took turns, in an order that rotated "
+        "from one repetition to the next. -n %d at pipeline 1, -n %d at pipeline 16 (each run stopped after "
+        "%g s at most). Server CPU per request: user and system time of the server process from "
+        "/proc/PID/stat (10 ms ticks) over the run, divided by its requests. %s Writethrough runs SET only."
+        % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds, counted), "",
+    ]
+    for test in tests:
+        parts += [cpu_table(results, test), ""]
+    parts += ["\n".join("- " + note for note in MARKS), "", "#### Goals", "", cpu_goals_table(results)]
+    return "\n".join(parts)
+
+
+def run_cpu_mode(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """--cpu: Geomys and the baseline side by side, CPU and counts per request, into their own section."""
+    names = args.servers or CPU_SERVERS
+    tests = args.tests or CPU_TESTS
+    clients = tuple(int(c) for c in args.clients) if args.clients else CPU_CLIENTS
+    repeat = args.repeat or (1 if args.quick else 3)
+    base_n = args.requests or (2000 if args.quick else CPU_REQUESTS)
+    requests = {1: base_n, 16: CPU_P16_FACTOR * base_n}
+    perf = server_counters.find_perf()
+    events = server_counters.usable_events(perf) if perf else ()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
+        targets = [replace(t, tests=("set",) if t.row == "writethrough" else t.tests)
+                   for t in start_targets(servers, Path(tmp), names, warm_up=False)]
+        samples = run_cpu_matrix(targets, tests, clients, repeat, requests, args.max_seconds, perf, events)
+    text = render_cpu(summarize_cpu(samples), tests, repeat, requests, args.max_seconds, perf, events, argv,
+                      time.monotonic() - started)
+    publish(text, args.output, CPU_SECTION)
+    return 0
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -660,6 +849,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pysyncobj", action="store_true",
         help="only the 3-node cluster against PySyncObj (SET at %s clients), written into its own section"
              % "/".join(map(str, COMPARISON_CLIENTS)))
+    add("--cpu", action="store_true",
+        help="server CPU per request (user and system), with perf stat counts when perf works: Geomys, "
+             "writethrough (SET) and the baseline, SET and GET at %s clients, written into its own section"
+             % "/".join(map(str, CPU_CLIENTS)))
     add_output_option(parser)
     return parser
 
@@ -671,6 +864,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.pysyncobj and (args.servers or args.tests):
         parser.error("--pysyncobj chooses its servers and tests itself")
+    if args.cpu:
+        if args.pysyncobj or set(args.servers or ()) - set(CPU_SERVERS) or set(args.tests or ()) - set(CPU_TESTS):
+            parser.error("--cpu measures only %s, tests %s" % (",".join(CPU_SERVERS), ",".join(CPU_TESTS)))
+        return run_cpu_mode(args, argv)
     names = ("cluster", "pysyncobj") if args.pysyncobj else args.servers or SERVERS
     tests = ("set",) if args.pysyncobj else args.tests or TESTS
     repeat = args.repeat or (1 if args.quick else 3)
