@@ -89,7 +89,8 @@ class Engine:
         self.clock = clock
         self.requirepass = requirepass or None
         self.seq = 0                          # index of the last effect record (under store.lock)
-        self._sinks: list[RecordSink] = []
+        # Read without the lock by connection handlers, which skip settle while it is empty.
+        self.sinks: list[RecordSink] = []
         self._info_sources: list[Callable[[], dict]] = []
         self._compactor: Optional[Callable[[], Optional[str]]] = None
         self._clients: set[Context] = set()
@@ -112,7 +113,7 @@ class Engine:
     def add_sink(self, sink: RecordSink) -> None:
         """Send every future effect record to `sink` as well."""
         with self.store.lock:
-            self._sinks.append(sink)
+            self.sinks.append(sink)
             self.store.record_effects = True
 
     def add_info_source(self, source: Callable[[], dict]) -> None:
@@ -286,7 +287,7 @@ class Engine:
         `self.seq` moves before the sinks see the record, so a thread a sink
         wakes already finds it.
         """
-        sinks = self._sinks
+        sinks = self.sinks
         for record in records:
             self.seq += 1
             for sink in sinks:
@@ -367,7 +368,7 @@ class Engine:
         for seq, record in entries:
             records_mod.apply(store, record)
             self.seq = seq
-            for sink in self._sinks:
+            for sink in self.sinks:
                 sink.append(seq, record)
         store.take_effects()
 
@@ -378,7 +379,7 @@ class Engine:
         this node's AOF describes the new state.
         """
         self.store.replace_contents(contents)
-        for sink in self._sinks:
+        for sink in self.sinks:
             sink.append(seq, ("FLUSHDB",))
             for record in snapshot_records:
                 sink.append(seq, record)
@@ -392,7 +393,7 @@ class Engine:
         leadership is lost, while the AOF would wait for numbering that a
         snapshot install may have moved back.
         """
-        for sink in reversed(self._sinks):
+        for sink in reversed(self.sinks):
             sink.wait(ctx.wait_seq, ctx.write_seq)
 
     # -- services for server commands -------------------------------------------
