@@ -103,6 +103,12 @@ def to_seconds(raw, field: str) -> float:
     return float(raw)
 
 
+# Converters that return a str unchanged. parse hands a str straight to the
+# handler for their fields instead of calling them: keys and values sent as
+# str are the common case, and a call per field is a good part of parsing.
+KEEPS_STR = (to_str, to_key)
+
+
 def _type_name(raw) -> str:
     return {type(None): "nil", bool: "a boolean", list: "an array", dict: "a map"}.get(
         type(raw), type(raw).__name__)
@@ -160,7 +166,8 @@ class CommandSpec:
         set_(self, "needs_auth", NOAUTH not in self.flags)
         set_(self, "denies_oom", DENYOOM in self.flags)
         # The fields as plain tuples: parse runs for every request.
-        set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default) for f in self.fields))
+        set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default, f.convert in KEEPS_STR)
+                                  for f in self.fields))
 
     @property
     def usage(self) -> str:
@@ -174,12 +181,14 @@ class CommandSpec:
         """
         args = []
         get = request.get
-        for name, convert, required, default in self._plan:
+        for name, convert, required, default, keeps_str in self._plan:
             raw = get(name)
             if raw is None:
                 if required:
                     raise BadRequest("%s needs the field '%s'" % (self.name, name))
                 args.append(default)
+            elif keeps_str and type(raw) is str:
+                args.append(raw)
             else:
                 args.append(convert(raw, name))
         return args
