@@ -178,31 +178,31 @@ class Engine:
 
     def _dispatch(self, requests: list, ctx: Context, replies: list) -> None:
         """execute_batch without the counting."""
-        count, pos = len(requests), 0
         table_get = TABLE.get
-        while pos < count:
-            run = []       # (request, spec, args); spec None: args is the ready reply
-            special = None  # a command that does not fit in a run: no lock, or blocking
-            while pos < count and len(run) < LOCK_BATCH:
-                request = requests[pos]
-                pos += 1
-                try:
-                    # The common case inline: a map naming a command as the
-                    # table spells it, by a client allowed to run it.
-                    name = request.get("command") if type(request) is dict else None
-                    spec = table_get(name) if type(name) is str else None
-                    if spec is None or (spec.needs_auth and not ctx.authenticated):
-                        spec = self._resolve(request, ctx)
-                    if not spec.needs_lock or spec.is_blocking:
-                        special = (request, spec)
-                        break
-                    run.append((request, spec, spec.parse(request)))
-                except Exception as exc:  # a GeomysError, or a bug: one error reply either way
-                    run.append((request, None, error_reply(exc)))
-            if run:
-                self._run_locked(run, ctx, replies)
-            if special is not None:
-                replies.append(self._run_special(*special, ctx))
+        run = []  # (request, spec, args) of plain commands; spec None: args is the ready reply
+        for request in requests:
+            try:
+                # The common case inline: a map naming a command as the
+                # table spells it, by a client allowed to run it.
+                name = request.get("command") if type(request) is dict else None
+                spec = table_get(name) if type(name) is str else None
+                if spec is None or (spec.needs_auth and not ctx.authenticated):
+                    spec = self._resolve(request, ctx)
+                item = (request, spec, spec.parse(request)) if spec.is_plain else None
+            except Exception as exc:  # a GeomysError, or a bug: one error reply either way
+                item = (request, None, error_reply(exc))
+            if item is not None:
+                run.append(item)
+                if len(run) == LOCK_BATCH:
+                    self._run_locked(run, ctx, replies)
+                    run = []
+            else:  # no lock, or blocking: alone, after the run before it
+                if run:
+                    self._run_locked(run, ctx, replies)
+                    run = []
+                replies.append(self._run_special(request, spec, ctx))
+        if run:
+            self._run_locked(run, ctx, replies)
 
     def _resolve(self, request, ctx: Context):
         """The spec of a request's command; raise BadRequest, UnknownCommand or AuthRequired."""
@@ -221,16 +221,15 @@ class Engine:
     def _run_locked(self, run: list, ctx: Context, replies: list) -> None:
         """Run parsed plain commands under one hold of the store lock; forward a follower's writes."""
         store, append = self.store, replies.append
-        k, count = 0, len(run)
-        while k < count:
+        done, count = 0, len(run)
+        while done < count:
             with store.lock:
                 # Read under the lock: the role cannot change between this test
                 # and a write's record reaching the sinks.
                 forwarder = self.forwarder
                 data_limit = self._data_limit
                 ctx.now_ms = self.clock.wall_ms()
-                while k < count:
-                    request, spec, args = run[k]
+                for request, spec, args in (run[done:] if done else run):
                     if spec is None:
                         append(args)
                     elif forwarder is not None and spec.is_write:
@@ -242,9 +241,7 @@ class Engine:
                     else:
                         try:
                             reply = spec.handler(store, ctx, *args)
-                        except GeomysError as exc:
-                            reply = error_reply(exc)
-                        except Exception as exc:  # a bug must cost one reply, not the connection
+                        except Exception as exc:  # a GeomysError, or a bug, which must cost one reply, not the connection
                             reply = error_reply(exc)
                         if store.effects:
                             self._publish()
@@ -253,15 +250,15 @@ class Engine:
                             # confirmed like one: its answer rests on every record so far.
                             ctx.write_seq = self.seq
                         append(reply)
-                    k += 1
+                    done += 1
                 ctx.wait_seq = self.seq
-            if k < count:
+            if done < count:
                 # A follower hands its writes to the leader: the consecutive ones in one call.
-                end = k + 1
+                end = done + 1
                 while end < count and run[end][1] is not None and run[end][1].is_write:
                     end += 1
-                replies.extend(self._forward([item[0] for item in run[k:end]], ctx))
-                k = end
+                replies.extend(self._forward([item[0] for item in run[done:end]], ctx))
+                done = end
 
     def _run_special(self, request: dict, spec, ctx: Context) -> dict:
         """Run a command that takes no lock (PING, AUTH, INFO...) or blocks (BLPOP, BRPOP)."""

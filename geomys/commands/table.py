@@ -155,6 +155,7 @@ class CommandSpec:
     is_blocking: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_lock: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_auth: bool = dataclass_field(init=False, repr=False, compare=False)
+    is_plain: bool = dataclass_field(init=False, repr=False, compare=False)
     denies_oom: bool = dataclass_field(init=False, repr=False, compare=False)
     _plan: tuple = dataclass_field(init=False, repr=False, compare=False)
 
@@ -164,6 +165,8 @@ class CommandSpec:
         set_(self, "is_blocking", BLOCKING in self.flags)
         set_(self, "needs_lock", NOLOCK not in self.flags)
         set_(self, "needs_auth", NOAUTH not in self.flags)
+        # Runs under the store lock and never waits: may share a hold of the lock with others.
+        set_(self, "is_plain", self.needs_lock and not self.is_blocking)
         set_(self, "denies_oom", DENYOOM in self.flags)
         # The fields as plain tuples: parse runs for every request.
         set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default, f.convert in KEEPS_STR)
