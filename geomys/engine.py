@@ -174,10 +174,6 @@ class Engine:
         ones before it. Raises only ClientGone.
         """
         ctx.commands += len(requests)
-        self._dispatch(requests, ctx, replies)
-
-    def _dispatch(self, requests: list, ctx: Context, replies: list) -> None:
-        """execute_batch without the counting."""
         table_get = TABLE.get
         run = []  # (request, spec, args) of plain commands; spec None: args is the ready reply
         for request in requests:
@@ -295,7 +291,8 @@ class Engine:
         forwarder = self.forwarder
         if forwarder is None:  # became leader meanwhile: run them here
             replies: list = []
-            self._dispatch(requests, ctx, replies)
+            ctx.commands -= len(requests)  # counted once already
+            self.execute_batch(requests, ctx, replies)
             return replies
         try:
             return forwarder(requests, ctx)

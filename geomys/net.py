@@ -47,6 +47,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.packer = protocol.new_packer()
         self.pending: list[dict] = []  # replies not sent yet, packed together by _flush
+        self.sinks = self.server.engine.sinks  # the engine's own list, so a sink added later shows here
         self.ctx = Context(self.server.engine, "%s:%s" % self.client_address[:2],
                            before_block=self._flush, is_connected=self._is_connected)
 
@@ -152,7 +153,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
         pending = self.pending
         if not pending:
             return
-        if self.server.engine.sinks:  # without persistence or a cluster every record is safe at once
+        if self.sinks:  # without persistence or a cluster every record is safe at once
             try:
                 self.server.engine.settle(self.ctx)
             except GeomysError as exc:
