@@ -232,6 +232,7 @@ class AppendOnlyFile:
         self._buffer: list[bytes] = []
         self._buffer_bytes = 0
         self._last_seq = 0            # newest record appended
+        self._flusher_idle = False    # writethrough: the flusher waits for records (append must wake it)
         # wait() callers asleep until their record is on disk: a heap of
         # (seq, arrival number, gate), each gate a held lock that the thread
         # blocks on and that is released once for it (see _open_gates).
@@ -380,7 +381,7 @@ class AppendOnlyFile:
                 self._buffer_bytes += len(frame)
                 if self._compact_tail is not None:
                     self._compact_tail.append(frame)
-            if self.mode == WRITETHROUGH:
+            if self._flusher_idle:  # writethrough only; while it writes, the flusher looks again after
                 self._work.notify()
 
     def wait(self, seq: int, write_seq: int = 0) -> None:
@@ -447,7 +448,9 @@ class AppendOnlyFile:
             with self._lock:
                 if self.mode == WRITETHROUGH:
                     while not (self._buffer or self._empty_pending or self._stopping):
+                        self._flusher_idle = True
                         self._work.wait()
+                        self._flusher_idle = False
                 else:
                     while not self._stopping:
                         remaining = next_flush - time.monotonic()
