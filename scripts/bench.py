@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Connection, Server, Servers, add_output_option, command_path,
-                          free_port, info, machine_summary, median, positive_int, publish, replace_section,
-                          run_main, start_cluster, start_geomys, wait_until)
+                          free_port, geomys_argv, info, machine_summary, median, positive_int, publish,
+                          replace_section, run_main, start_cluster, start_geomys, wait_until)
 import server_counters
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis", "pysyncobj")
@@ -651,7 +651,6 @@ class CpuSample:
     user_us: float
     system_us: float
     counts: dict  # perf or /proc counts divided by the requests, by name
-    source: str
     cut_short: bool
     errors: int
 
@@ -675,8 +674,7 @@ def run_cpu_one(target: Target, test: str, clients: int, pipeline: int, requests
     served = min(requests, rps * max_seconds) if cut_short else requests
     per = 1e6 / max(served, 1)
     return CpuSample(rps, usage.user_s * per, usage.system_s * per,
-                     {name: count / max(served, 1) for name, count in usage.counts.items()},
-                     usage.source, cut_short, errors)
+                     {name: count / max(served, 1) for name, count in usage.counts.items()}, cut_short, errors)
 
 
 def run_cpu_matrix(targets: Sequence[Target], tests: Sequence[str], clients: Sequence[int], repeat: int,
@@ -711,14 +709,37 @@ def summarize_cpu(samples: dict[tuple, list[CpuSample]]) -> dict[tuple, CpuSampl
         result[key] = CpuSample(median([r.rps for r in runs]), median([r.user_us for r in runs]),
                                 median([r.system_us for r in runs]),
                                 {n: median([r.counts.get(n, 0.0) for r in runs]) for n in names},
-                                runs[0].source, any(r.cut_short for r in runs), sum(r.errors for r in runs))
+                                any(r.cut_short for r in runs), sum(r.errors for r in runs))
     return result
 
 
 CPU_ROWS = (("baseline", "baseline"), ("standalone", "Geomys"), ("writethrough", "Geomys writethrough"))
+# Runs the geomys package of the checkout named first on the command line (--source).
+FROM_SOURCE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from geomys.app import main; main()"
 
 
-def cpu_table(results: dict[tuple, CpuSample], test: str) -> str:
+def start_sources(servers: Servers, workdir: Path, sources: Sequence[Path],
+                  names: Sequence[str]) -> tuple[list[Target], list[tuple[str, str]]]:
+    """Geomys from other checkouts (--source): a standalone row each, and a writethrough row if measured."""
+    targets, rows = [], []
+    for source in sources:
+        command = [sys.executable, "-c", FROM_SOURCE, str(source.resolve())]
+        for mode in ("standalone", "writethrough"):
+            if mode not in names:
+                continue
+            row = "%s@%s" % (mode, source.name)
+            options = () if mode == "standalone" else (
+                "--persistence", mode, "--persistence_path", str(workdir / ("%s.aof" % row)))
+            port = free_port(span=1000)
+            server = servers.add(Server(row, geomys_argv(port, *options, command=command), port,
+                                        workdir)).wait_ready()
+            targets.append(Target(row, port, ("set",) if mode == "writethrough" else TESTS, (server,)))
+            rows.append((row, "%s at %s" % ("Geomys" if mode == "standalone" else "Geomys writethrough",
+                                            source.name)))
+    return targets, rows
+
+
+def cpu_table(results: dict[tuple, CpuSample], test: str, rows: Sequence[tuple[str, str]] = CPU_ROWS) -> str:
     """One test's cells: per server, req/s, CPU per request split, and the counts per request."""
     names = list(dict.fromkeys(n for key, cell in results.items() if key[1] == test for n in cell.counts))
     lines = ["| %s | server | req/s | CPU µs/request: user + system = total | CPU × baseline | %s |"
@@ -727,7 +748,7 @@ def cpu_table(results: dict[tuple, CpuSample], test: str) -> str:
     for c in sorted({key[2] for key in results}):
         for p in PIPELINES:
             base = results.get(("baseline", test, c, p))
-            for row, label in CPU_ROWS:
+            for row, label in rows:
                 cell = results.get((row, test, c, p))
                 if cell is None:
                     continue
@@ -763,18 +784,16 @@ def cpu_goals_table(results: dict[tuple, CpuSample]) -> str:
 
 
 def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: int, requests: dict[int, int],
-               max_seconds: float, perf: Optional[str], events: Sequence[str], argv: Sequence[str],
-               seconds: float) -> str:
-    """The generated markdown of the CPU mode."""
-    source = next(iter(results.values())).source if results else "none"
-    if source == "perf":
+               max_seconds: float, perf: Optional[str], events: Sequence[str], why_not: str,
+               argv: Sequence[str], seconds: float, rows: Sequence[tuple[str, str]] = CPU_ROWS) -> str:
+    """The generated markdown of the CPU mode; `why_not` says why perf was not used, if it was not."""
+    if not why_not:
         counted = ("Counts per request from `%s stat` attached to the server for the whole run (%s)."
                    % (Path(perf).name, ", ".join(events)))
     else:
-        counted = ("perf was not usable here (%s), so the only counts are context switches, sampled from "
+        counted = ("perf was not used (%s), so the only counts are context switches, sampled from "
                    "/proc/PID/task/*/status every %g s: threads that ended between two samples are missed, "
-                   "so they are lower bounds." % ("not installed" if not perf else "no event could be counted",
-                                                   server_counters.SAMPLE_INTERVAL))
+                   "so they are lower bounds." % (why_not, server_counters.SAMPLE_INTERVAL))
     parts = [
         generated_line(argv, seconds), "",
         "Each figure is the median of %d run%s; in each cell the servers took turns, in an order that rotated "
@@ -784,7 +803,7 @@ def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: in
         % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds, counted), "",
     ]
     for test in tests:
-        parts += [cpu_table(results, test), ""]
+        parts += [cpu_table(results, test, rows), ""]
     parts += ["\n".join("- " + note for note in MARKS), "", "#### Goals", "", cpu_goals_table(results)]
     return "\n".join(parts)
 
@@ -797,15 +816,20 @@ def run_cpu_mode(args: argparse.Namespace, argv: Sequence[str]) -> int:
     repeat = args.repeat or (1 if args.quick else 3)
     base_n = args.requests or (2000 if args.quick else CPU_REQUESTS)
     requests = {1: base_n, 16: CPU_P16_FACTOR * base_n}
-    perf = server_counters.find_perf()
+    perf = None if args.no_perf else server_counters.find_perf()
     events = server_counters.usable_events(perf) if perf else ()
+    why_not = ("--no-perf" if args.no_perf else "perf is not installed" if not perf
+               else "this kernel lets perf count none of its events" if not events else "")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
         targets = [replace(t, tests=("set",) if t.row == "writethrough" else t.tests)
                    for t in start_targets(servers, Path(tmp), names, warm_up=False)]
-        samples = run_cpu_matrix(targets, tests, clients, repeat, requests, args.max_seconds, perf, events)
-    text = render_cpu(summarize_cpu(samples), tests, repeat, requests, args.max_seconds, perf, events, argv,
-                      time.monotonic() - started)
+        more, source_rows = start_sources(servers, Path(tmp), args.source, names)
+        samples = run_cpu_matrix(targets + more, tests, clients, repeat, requests, args.max_seconds, perf, events)
+    rows = [CPU_ROWS[0], CPU_ROWS[1], *[r for r in source_rows if r[0].startswith("standalone@")],
+            CPU_ROWS[2], *[r for r in source_rows if r[0].startswith("writethrough@")]]
+    text = render_cpu(summarize_cpu(samples), tests, repeat, requests, args.max_seconds, perf, events, why_not,
+                      argv, time.monotonic() - started, rows)
     publish(text, args.output, CPU_SECTION)
     return 0
 
@@ -853,6 +877,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="server CPU per request (user and system), with perf stat counts when perf works: Geomys, "
              "writethrough (SET) and the baseline, SET and GET at %s clients, written into its own section"
              % "/".join(map(str, CPU_CLIENTS)))
+    add("--source", type=Path, action="append", default=[], metavar="DIR",
+        help="with --cpu: also measure the geomys package of the checkout DIR (say, a git worktree of an older "
+             "commit), in rows of its own; may be given more than once")
+    add("--no-perf", action="store_true",
+        help="with --cpu: do not use perf even if it works (context switches are then sampled from /proc)")
     add_output_option(parser)
     return parser
 

@@ -99,12 +99,11 @@ def thread_switches(pid: int) -> dict[int, tuple[int, int]]:
 
 @dataclass
 class Usage:
-    """What one process spent on one run; `counts` by the names of PERF_EVENTS (or the /proc fallback)."""
+    """What one process spent on one run; `counts` by the names of PERF_EVENTS (or the /proc fallback's)."""
 
     user_s: float
     system_s: float
     counts: dict[str, float] = field(default_factory=dict)
-    source: str = "perf"   # where `counts` came from: "perf", "/proc samples" or "none"
 
 
 def run_measured(argv: Sequence[str], pid: int, perf: Optional[str], events: Sequence[str],
@@ -123,12 +122,11 @@ def run_measured(argv: Sequence[str], pid: int, perf: Optional[str], events: Seq
                                  stdin=subprocess.DEVNULL)
             counts = parse_perf_csv(out.read())
         names = dict(PERF_EVENTS)
-        usage_counts, source = {names[e]: counts[e] for e in events if e in counts}, "perf"
+        usage_counts = {names[e]: counts[e] for e in events if e in counts}
     else:
         run, usage_counts = _run_sampling_switches(argv, pid, timeout)
-        source = "/proc samples"
     user1, system1 = cpu_times(pid)
-    return run, Usage(user1 - user0, system1 - system0, usage_counts, source)
+    return run, Usage(user1 - user0, system1 - system0, usage_counts)
 
 
 def _run_sampling_switches(argv: Sequence[str], pid: int,
