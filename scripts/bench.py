@@ -34,6 +34,7 @@ import argparse
 import csv
 import importlib.metadata
 import io
+import os
 import re
 import shutil
 import socket
@@ -660,10 +661,16 @@ class CpuSample:
 
 
 def run_cpu_one(target: Target, test: str, clients: int, pipeline: int, requests: int, max_seconds: float,
-                perf: Optional[str], events: Sequence[str]) -> CpuSample:
-    """One geomys-benchmark run with fixed -n, the server's CPU and counts taken around it."""
+                perf: Optional[str], events: Sequence[str], pin: Optional[tuple[set, set]] = None) -> CpuSample:
+    """One geomys-benchmark run with fixed -n, the server's CPU and counts taken around it.
+
+    `pin`: (the server's CPUs, the load's CPUs), to run each on its own.
+    """
     argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds)
     server = target.processes[0]
+    if pin:
+        server_counters.pin_process(server.pid, pin[0])
+        argv = server_counters.on_cpus(argv, pin[1])
     try:
         run, usage = server_counters.run_measured(argv, server.pid, perf, events, timeout=2 * max_seconds + 60)
     except subprocess.TimeoutExpired:
@@ -679,7 +686,7 @@ def run_cpu_one(target: Target, test: str, clients: int, pipeline: int, requests
 
 def run_cpu_matrix(targets: Sequence[Target], tests: Sequence[str], clients: Sequence[int], repeat: int,
                    requests: dict[int, int], max_seconds: float, perf: Optional[str],
-                   events: Sequence[str]) -> dict[tuple, list[CpuSample]]:
+                   events: Sequence[str], pin: Optional[tuple[set, set]] = None) -> dict[tuple, list[CpuSample]]:
     """Every (row, test, clients, pipeline) `repeat` times; in each cell the servers take turns, in an order
     that rotates from one repetition to the next."""
     keys = [(test, c, p) for test in tests for c in clients for p in PIPELINES]
@@ -692,7 +699,7 @@ def run_cpu_matrix(targets: Sequence[Target], tests: Sequence[str], clients: Seq
             for target in order:
                 if test not in target.tests:
                     continue
-                sample = run_cpu_one(target, test, c, p, requests[p], max_seconds, perf, events)
+                sample = run_cpu_one(target, test, c, p, requests[p], max_seconds, perf, events, pin)
                 samples.setdefault((target.row, test, c, p), []).append(sample)
                 done += 1
                 print("[%3d/%d %5.0fs] rep %d  %-12s %-4s c=%-2d P=%-2d %9.0f req/s %6.1f µs CPU/request"
@@ -785,7 +792,8 @@ def cpu_goals_table(results: dict[tuple, CpuSample]) -> str:
 
 def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: int, requests: dict[int, int],
                max_seconds: float, perf: Optional[str], events: Sequence[str], why_not: str,
-               argv: Sequence[str], seconds: float, rows: Sequence[tuple[str, str]] = CPU_ROWS) -> str:
+               argv: Sequence[str], seconds: float, rows: Sequence[tuple[str, str]] = CPU_ROWS,
+               pin: Optional[tuple[set, set]] = None) -> str:
     """The generated markdown of the CPU mode; `why_not` says why perf was not used, if it was not."""
     if not why_not:
         counted = ("Counts per request from `%s stat` attached to the server for the whole run (%s)."
@@ -799,8 +807,10 @@ def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: in
         "Each figure is the median of %d run%s; in each cell the servers took turns, in an order that rotated "
         "from one repetition to the next. -n %d at pipeline 1, -n %d at pipeline 16 (each run stopped after "
         "%g s at most). Server CPU per request: user and system time of the server process from "
-        "/proc/PID/stat (10 ms ticks) over the run, divided by its requests. %s Writethrough runs SET only."
-        % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds, counted), "",
+        "/proc/PID/stat (10 ms ticks) over the run, divided by its requests. %s Writethrough runs SET only.%s"
+        % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds, counted,
+           " Pinned (--pin): every server thread on CPU %s, geomys-benchmark on CPU %s."
+           % (",".join(map(str, sorted(pin[0]))), ",".join(map(str, sorted(pin[1])))) if pin else ""), "",
     ]
     for test in tests:
         parts += [cpu_table(results, test, rows), ""]
@@ -820,16 +830,23 @@ def run_cpu_mode(args: argparse.Namespace, argv: Sequence[str]) -> int:
     events = server_counters.usable_events(perf) if perf else ()
     why_not = ("--no-perf" if args.no_perf else "perf is not installed" if not perf
                else "this kernel lets perf count none of its events" if not events else "")
+    pin = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise BenchError("--pin needs at least two CPUs, this process may use %d" % len(cpus))
+        pin = ({cpus[-1]}, set(cpus[:-1]))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
         targets = [replace(t, tests=("set",) if t.row == "writethrough" else t.tests)
                    for t in start_targets(servers, Path(tmp), names, warm_up=False)]
         more, source_rows = start_sources(servers, Path(tmp), args.source, names)
-        samples = run_cpu_matrix(targets + more, tests, clients, repeat, requests, args.max_seconds, perf, events)
+        samples = run_cpu_matrix(targets + more, tests, clients, repeat, requests, args.max_seconds, perf, events,
+                                 pin)
     rows = [CPU_ROWS[0], CPU_ROWS[1], *[r for r in source_rows if r[0].startswith("standalone@")],
             CPU_ROWS[2], *[r for r in source_rows if r[0].startswith("writethrough@")]]
     text = render_cpu(summarize_cpu(samples), tests, repeat, requests, args.max_seconds, perf, events, why_not,
-                      argv, time.monotonic() - started, rows)
+                      argv, time.monotonic() - started, rows, pin)
     publish(text, args.output, CPU_SECTION)
     return 0
 
@@ -880,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--source", type=Path, action="append", default=[], metavar="DIR",
         help="with --cpu: also measure the geomys package of the checkout DIR (say, a git worktree of an older "
              "commit), in rows of its own; may be given more than once")
+    add("--pin", action="store_true",
+        help="with --cpu: bind each server to the last CPU and geomys-benchmark to the others, so server "
+             "threads never hand the GIL across cores and the load never shares the server's core")
     add("--no-perf", action="store_true",
         help="with --cpu: do not use perf even if it works (context switches are then sampled from /proc)")
     add_output_option(parser)

@@ -16,6 +16,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ PERF_EVENTS = (
     ("raw_syscalls:sys_enter", "all syscalls"),
 )
 SAMPLE_INTERVAL = 0.1  # seconds between /proc samples when perf is missing
+# Runs the command after `-c CODE CPUS` on those CPUs (a comma list): the load's half of pinning.
+_ON_CPUS = "import os, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(','))); os.execvp(sys.argv[2], sys.argv[2:])"
 
 
 def find_perf() -> Optional[str]:
@@ -58,6 +61,20 @@ def usable_events(perf: str) -> tuple[str, ...]:
         if run.returncode == 0 and "not supported" not in run.stderr and "<not counted>" not in run.stderr:
             usable.append(event)
     return tuple(usable)
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Bind every thread the process has now to `cpus`; threads it starts later inherit it from their creator."""
+    for task in glob.glob("/proc/%d/task/*" % pid):
+        try:
+            os.sched_setaffinity(int(task.rsplit("/", 1)[1]), cpus)
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # the thread ended meanwhile
+
+
+def on_cpus(argv: Sequence[str], cpus: set[int]) -> list[str]:
+    """`argv` as a command that runs bound to `cpus`."""
+    return [sys.executable, "-c", _ON_CPUS, ",".join(map(str, sorted(cpus))), *argv]
 
 
 def cpu_times(pid: int) -> tuple[float, float]:

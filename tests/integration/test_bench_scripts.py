@@ -3,6 +3,7 @@
 Functional checks only: no assertion here is about speed.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_sectio
     output = tmp_path / "performance.md"
     output.write_text("prose\n\n<!-- bench_cpu:begin -->\nold\n<!-- bench_cpu:end -->\n")
     extra = ["--no-perf"] if counters == "no perf" else []
+    if counters == "no perf" and len(os.sched_getaffinity(0)) >= 2:
+        extra.append("--pin")  # each server on one CPU, the load on the others
     # --source runs the geomys package of another checkout beside this one's: this one again, here.
     source = SCRIPTS.parent
     run = run_script("bench.py", "--cpu", "--quick", "--tests", "set", "--clients", "8", "--requests", "300",
@@ -67,6 +70,7 @@ def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_sectio
         assert switches > 0
     if counters == "no perf":
         assert "perf was not used (--no-perf)" in text and "voluntary switches (at least) /req" in text
+        assert ("Pinned (--pin)" in text) == ("--pin" in extra)
     assert re.search(r"^\| SET, 8 clients, -P 1 \| [\d.]+ (yes|\*\*no\*\*) \| [\d.]+ (yes|\*\*no\*\*) \| "
                      r"[\d.]+ (yes|\*\*no\*\*) \|$", text, re.M), text
 
