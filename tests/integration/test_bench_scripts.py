@@ -52,7 +52,8 @@ def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_sectio
         extra.append("--pin")  # each server on one CPU, the load on the others
     # --source runs the geomys package of another checkout beside this one's: this one again, here.
     source = SCRIPTS.parent
-    run = run_script("bench.py", "--cpu", "--quick", "--tests", "set", "--clients", "8", "--requests", "300",
+    # Enough requests for the 10 ms ticks of /proc/PID/stat to count every server's CPU.
+    run = run_script("bench.py", "--cpu", "--quick", "--tests", "set", "--clients", "8", "--requests", "2000",
                      "--max-seconds", "10", "--source", str(source), "--output", str(output), *extra)
     assert run.returncode == 0, run.stderr
     text = output.read_text()
@@ -63,11 +64,12 @@ def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_sectio
                "Geomys writethrough at %s" % source.name)
     assert sorted((r[0], r[1]) for r in rows) == sorted((p, server) for p in ("1", "16") for server in servers)
     for _, server, rps, user, system, total, factor, counts in rows:
-        assert int(rps.replace(",", "")) > 0
+        assert int(rps.replace(",", "")) > 0 and float(total) > 0
         assert abs(float(user) + float(system) - float(total)) < 0.11
         assert (factor == "–") == (server == "baseline")
         switches = [float(c) for c in counts.split("|")][0]  # the first count is context switches either way
-        assert switches > 0
+        # Sampled from /proc, the switches of threads that end between two samples are missed.
+        assert switches > 0 if counters != "no perf" else switches >= 0
     if counters == "no perf":
         assert "perf was not used (--no-perf)" in text and "voluntary switches (at least) /req" in text
         assert ("Pinned (--pin)" in text) == ("--pin" in extra)
