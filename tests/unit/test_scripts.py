@@ -32,6 +32,7 @@ bench_common = load_script("bench_common")
 bench = load_script("bench")
 pysyncobj_node = load_script("pysyncobj_node")  # imports pysyncobj only when a node starts
 server_counters = load_script("server_counters")
+count_bytecodes = load_script("count_bytecodes")
 
 
 DOCS = SCRIPTS.parent / "docs"
@@ -92,6 +93,15 @@ def test_this_process_has_cpu_time_and_context_switches_to_read():
     assert user > 0 and system >= 0
     switches = server_counters.thread_switches(os.getpid())
     assert threading.get_native_id() in switches and all(v >= 0 and n >= 0 for v, n in switches.values())
+
+
+def test_bytecodes_per_request_are_counted_alike_on_every_run_and_leave_the_stand_in_socket_out():
+    (_, geomys), (_, baseline) = count_bytecodes.servers()
+    first, again = (count_bytecodes.count(geomys, count_bytecodes.reads("set", 16, run)) for run in (1, 2))
+    assert first[:2] == again[:2] and first[0] > 0 and first[1] > 0
+    assert first[0] == sum(n for name, n in first[2].items() if not name.startswith("count_bytecodes.py"))
+    base_ops, base_calls, _ = count_bytecodes.count(baseline, count_bytecodes.reads("set", 16, 3))
+    assert 0 < base_ops < first[0] and base_calls > 0
 
 
 def test_python_and_native_frames_are_named_by_file_and_function_without_lines():
