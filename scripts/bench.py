@@ -23,7 +23,7 @@ PySyncObj on SET at 1, 8 and 50 clients, in a section of its own.
 run; user and system CPU from /proc/PID/stat, and `perf stat` counts per
 request (context switches, page faults, syscalls by kind) when perf is
 installed and allowed, else context switches sampled from /proc
-(scripts/server_counters.py). It writes a section of its own.
+(scripts/server_counters.py). It writes a section of its own (another one with --pin).
 
 Every run is bounded by --max-seconds; the servers are stopped by PID at the
 end and on Ctrl-C. Runs in the main thread; imports only scripts/bench_common.py,
@@ -634,6 +634,7 @@ def render_comparison(results: dict[tuple, Cell], repeat: int, requests: dict[in
 # -- server CPU per request (--cpu) -----------------------------------------------------------
 
 CPU_SECTION = "bench_cpu"
+CPU_PINNED_SECTION = "bench_cpu_pinned"  # --cpu --pin writes here, so both runs can stand in the doc
 CPU_SERVERS = ("baseline", "standalone", "writethrough")
 CPU_TESTS = ("set", "get")
 CPU_CLIENTS = (8, 50)
@@ -847,7 +848,7 @@ def run_cpu_mode(args: argparse.Namespace, argv: Sequence[str]) -> int:
             CPU_ROWS[2], *[r for r in source_rows if r[0].startswith("writethrough@")]]
     text = render_cpu(summarize_cpu(samples), tests, repeat, requests, args.max_seconds, perf, events, why_not,
                       argv, time.monotonic() - started, rows, pin)
-    publish(text, args.output, CPU_SECTION)
+    publish(text, args.output, CPU_PINNED_SECTION if pin else CPU_SECTION)
     return 0
 
 

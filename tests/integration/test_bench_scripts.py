@@ -46,10 +46,11 @@ def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(t
 @pytest.mark.parametrize("counters", ["perf if it works", "no perf"])
 def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_section(counters, tmp_path):
     output = tmp_path / "performance.md"
-    output.write_text("prose\n\n<!-- bench_cpu:begin -->\nold\n<!-- bench_cpu:end -->\n")
     extra = ["--no-perf"] if counters == "no perf" else []
     if counters == "no perf" and len(os.sched_getaffinity(0)) >= 2:
         extra.append("--pin")  # each server on one CPU, the load on the others
+    section = "bench_cpu_pinned" if "--pin" in extra else "bench_cpu"
+    output.write_text("prose\n\n<!-- %s:begin -->\nold\n<!-- %s:end -->\n" % (section, section))
     # --source runs the geomys package of another checkout beside this one's: this one again, here.
     source = SCRIPTS.parent
     # Enough requests for the 10 ms ticks of /proc/PID/stat to count every server's CPU.
