@@ -23,11 +23,13 @@ PySyncObj on SET at 1, 8 and 50 clients, in a section of its own.
 run; user and system CPU from /proc/PID/stat, and `perf stat` counts per
 request (context switches, page faults, syscalls by kind) when perf is
 installed and allowed, else context switches sampled from /proc
-(scripts/server_counters.py). It writes a section of its own (another one with --pin).
+(scripts/server_counters.py). It writes a section of its own (another one with
+--pin, which binds each server to the last CPU and the load to the others);
+--source DIR adds rows for the geomys package of another checkout.
 
 Every run is bounded by --max-seconds; the servers are stopped by PID at the
 end and on Ctrl-C. Runs in the main thread; imports only scripts/bench_common.py,
-msgpack and the standard library.
+scripts/server_counters.py, msgpack and the standard library.
 """
 
 import argparse
