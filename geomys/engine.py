@@ -237,7 +237,7 @@ class Engine:
                     else:
                         try:
                             reply = spec.handler(store, ctx, *args)
-                        except Exception as exc:  # a GeomysError, or a bug, which must cost one reply, not the connection
+                        except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
                             reply = error_reply(exc)
                         if store.effects:
                             self._publish()

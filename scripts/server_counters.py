@@ -37,7 +37,8 @@ PERF_EVENTS = (
 )
 SAMPLE_INTERVAL = 0.1  # seconds between /proc samples when perf is missing
 # Runs the command after `-c CODE CPUS` on those CPUs (a comma list): the load's half of pinning.
-_ON_CPUS = "import os, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(','))); os.execvp(sys.argv[2], sys.argv[2:])"
+_ON_CPUS = ("import os, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(','))); "
+            "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
 def find_perf() -> Optional[str]:
