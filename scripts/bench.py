@@ -877,7 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="small -n (2000 / 10000) and one repetition: checks that everything runs, measures little")
     add("--repeat", type=positive_int, default=None, metavar="N", help="runs of every cell (default 3, --quick 1)")
     add("--requests", type=positive_int, default=None, metavar="N",
-        help="-n of the pipeline-1 runs (default 20000, --quick 2000); pipeline-16 runs use 5 x N")
+        help="-n of the pipeline-1 runs (default 20000, --cpu 40000, --quick 2000); pipeline-16 runs use "
+             "5 x N (--cpu: 10 x N)")
     add("--max-seconds", type=float, default=20.0, metavar="S",
         help="bound of each run, passed to geomys-benchmark (default %(default)s)")
     add("--servers", type=parse_list(SERVERS), default=None, metavar="LIST",
