@@ -381,7 +381,7 @@ class AppendOnlyFile:
                 self._buffer_bytes += len(frame)
                 if self._compact_tail is not None:
                     self._compact_tail.append(frame)
-            if self._flusher_idle:  # writethrough only; while it writes, the flusher looks again after
+            if self._flusher_idle:  # a busy flusher checks the buffer again before it waits
                 self._work.notify()
 
     def wait(self, seq: int, write_seq: int = 0) -> None:
