@@ -10,6 +10,8 @@ describes the format and the guarantees.
 
 import errno
 import fcntl
+import heapq
+import itertools
 import logging
 import mmap
 import os
@@ -218,7 +220,6 @@ class AppendOnlyFile:
         self._on_fatal = on_fatal
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)      # the flusher waits here for records
-        self._durable = threading.Condition(self._lock)   # wait() callers wait here for fsyncs
         self._io_lock = threading.Lock()
         self._compact_lock = threading.Lock()              # one compaction at a time
         self._lock_fd: Optional[int] = None
@@ -231,6 +232,12 @@ class AppendOnlyFile:
         self._buffer: list[bytes] = []
         self._buffer_bytes = 0
         self._last_seq = 0            # newest record appended
+        self._flusher_idle = False    # writethrough: the flusher waits for records (append must wake it)
+        # wait() callers asleep until their record is on disk: a heap of
+        # (seq, arrival number, gate), each gate a held lock that the thread
+        # blocks on and that is released once for it (see _open_gates).
+        self._waiters: list = []
+        self._arrivals = itertools.count()
         self._durable_seq = 0         # newest record on disk (written and fsync'd)
         self._empty_pending = False   # a FLUSHDB was appended: the file must be emptied first
         self._compact_tail: Optional[list[bytes]] = None  # records appended since a compaction's snapshot
@@ -374,7 +381,7 @@ class AppendOnlyFile:
                 self._buffer_bytes += len(frame)
                 if self._compact_tail is not None:
                     self._compact_tail.append(frame)
-            if self.mode == WRITETHROUGH:
+            if self._flusher_idle:  # a busy flusher checks the buffer again before it waits
                 self._work.notify()
 
     def wait(self, seq: int, write_seq: int = 0) -> None:
@@ -391,14 +398,46 @@ class AppendOnlyFile:
             return
         if self.mode == BUFFERED and self._sealed_seq is None and not self._failed:
             return
-        with self._lock:
-            seq = min(seq, self._last_seq)  # records from before this file was attached are not ours
-            while self._durable_seq < seq:
+        while True:
+            with self._lock:
+                seq = min(seq, self._last_seq)  # records from before this file was attached are not ours
+                if self._durable_seq >= seq:
+                    return
                 if self._failed:
                     raise InternalError("the append-only file could not be written")
                 if self._sealed_seq is not None and seq > self._sealed_seq:
                     raise InternalError("the server is shutting down: this write was not persisted")
-                self._durable.wait()
+                gate = threading.Lock()
+                gate.acquire()
+                heapq.heappush(self._waiters, (seq, next(self._arrivals), gate))
+            gate.acquire()
+            # Woken by the fsync that covers `seq` (the usual case: no need to
+            # queue for _lock again), or by a failure or the final flush.
+            if self._durable_seq >= seq:
+                return
+
+    def _open_gates(self) -> None:
+        """Wake the waiters whose record is now on disk, and those it never will be (caller holds _lock).
+
+        Only those: a waiter whose record came after the batch just written
+        sleeps on, where a shared condition's notify_all would wake every
+        waiter to find most of them must wait again, each wake-up a context
+        switch and a queue for the GIL and for _lock.
+        """
+        waiters, durable = self._waiters, self._durable_seq
+        ready = []
+        if self._failed:
+            ready, self._waiters = waiters, []
+        else:
+            while waiters and waiters[0][0] <= durable:
+                ready.append(heapq.heappop(waiters))
+            sealed = self._sealed_seq
+            if sealed is not None and waiters:  # shutting down: what came after the seal is never written
+                ready += [waiter for waiter in waiters if waiter[0] > sealed]
+                self._waiters = [waiter for waiter in waiters if waiter[0] <= sealed]
+                heapq.heapify(self._waiters)
+        for _, _, gate in ready:
+            gate.release()
 
     # -- the flusher thread --------------------------------------------------------
 
@@ -409,7 +448,9 @@ class AppendOnlyFile:
             with self._lock:
                 if self.mode == WRITETHROUGH:
                     while not (self._buffer or self._empty_pending or self._stopping):
+                        self._flusher_idle = True
                         self._work.wait()
+                        self._flusher_idle = False
                 else:
                     while not self._stopping:
                         remaining = next_flush - time.monotonic()
@@ -440,7 +481,7 @@ class AppendOnlyFile:
                     self._sealed_seq = upto
                 if not batch and not empty_first:
                     if final:
-                        self._durable.notify_all()  # waiters beyond the seal must learn it
+                        self._open_gates()  # waiters beyond the seal must learn it
                     return True
             try:
                 if empty_first:
@@ -456,7 +497,7 @@ class AppendOnlyFile:
             self._last_fsync = time.time()
             with self._lock:
                 self._durable_seq = upto
-                self._durable.notify_all()
+                self._open_gates()
         return True
 
     def _install_empty_file(self) -> None:
@@ -501,7 +542,7 @@ class AppendOnlyFile:
         logger.critical("%s; stopping the server so that no unsaved write is acknowledged", message)
         with self._lock:
             self._failed = True
-            self._durable.notify_all()
+            self._open_gates()
         self._on_fatal(message)
 
     # -- compaction ------------------------------------------------------------------
@@ -657,7 +698,7 @@ class AppendOnlyFile:
             self._compactions += 1
             with self._lock:
                 self._durable_seq = cut
-                self._durable.notify_all()
+                self._open_gates()
         logger.info("compacted append-only file %s: %d -> %d bytes (%d snapshot records + %d written "
                     "meanwhile) in %.2fs", self.path, old_size, size, snapshot_count, len(tail),
                     time.monotonic() - started)

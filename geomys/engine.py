@@ -91,7 +91,8 @@ class Engine:
         self.clock = clock
         self.requirepass = requirepass or None
         self.seq = 0                          # index of the last effect record (under store.lock)
-        self._sinks: list[RecordSink] = []
+        # Read without the lock by connection handlers, which skip settle while it is empty.
+        self.sinks: list[RecordSink] = []
         self._info_sources: list[Callable[[], dict]] = []
         self._compactor: Optional[Callable[[], Optional[str]]] = None
         self._clients: set[Context] = set()
@@ -119,7 +120,7 @@ class Engine:
     def add_sink(self, sink: RecordSink) -> None:
         """Send every future effect record to `sink` as well."""
         with self.store.lock:
-            self._sinks.append(sink)
+            self.sinks.append(sink)
             self.store.record_effects = True
 
     def add_info_source(self, source: Callable[[], dict]) -> None:
@@ -180,35 +181,31 @@ class Engine:
         ones before it. Raises only ClientGone.
         """
         ctx.commands += len(requests)
-        self._dispatch(requests, ctx, replies)
-
-    def _dispatch(self, requests: list, ctx: Context, replies: list) -> None:
-        """execute_batch without the counting."""
-        count, pos = len(requests), 0
         table_get = TABLE.get
-        while pos < count:
-            run = []       # (request, spec, args); spec None: args is the ready reply
-            special = None  # a command that does not fit in a run: no lock, or blocking
-            while pos < count and len(run) < LOCK_BATCH:
-                request = requests[pos]
-                pos += 1
-                try:
-                    # The common case inline: a map naming a command as the
-                    # table spells it, by a client allowed to run it.
-                    name = request.get("command") if type(request) is dict else None
-                    spec = table_get(name) if type(name) is str else None
-                    if spec is None or (spec.needs_auth and not ctx.authenticated):
-                        spec = self._resolve(request, ctx)
-                    if not spec.needs_lock or spec.is_blocking:
-                        special = (request, spec)
-                        break
-                    run.append((request, spec, spec.parse(request)))
-                except Exception as exc:  # a GeomysError, or a bug: one error reply either way
-                    run.append((request, None, error_reply(exc)))
-            if run:
-                self._run_locked(run, ctx, replies)
-            if special is not None:
-                replies.append(self._run_special(*special, ctx))
+        run = []  # (request, spec, args) of plain commands; spec None: args is the ready reply
+        for request in requests:
+            try:
+                # The common case inline: a map naming a command as the
+                # table spells it, by a client allowed to run it.
+                name = request.get("command") if type(request) is dict else None
+                spec = table_get(name) if type(name) is str else None
+                if spec is None or (spec.needs_auth and not ctx.authenticated):
+                    spec = self._resolve(request, ctx)
+                item = (request, spec, spec.parse(request)) if spec.is_plain else None
+            except Exception as exc:  # a GeomysError, or a bug: one error reply either way
+                item = (request, None, error_reply(exc))
+            if item is not None:
+                run.append(item)
+                if len(run) == LOCK_BATCH:
+                    self._run_locked(run, ctx, replies)
+                    run = []
+            else:  # no lock, or blocking: alone, after the run before it
+                if run:
+                    self._run_locked(run, ctx, replies)
+                    run = []
+                replies.append(self._run_special(request, spec, ctx))
+        if run:
+            self._run_locked(run, ctx, replies)
 
     def _resolve(self, request, ctx: Context):
         """The spec of a request's command; raise BadRequest, UnknownCommand or AuthRequired."""
@@ -227,18 +224,17 @@ class Engine:
     def _run_locked(self, run: list, ctx: Context, replies: list) -> None:
         """Run parsed plain commands under one hold of the store lock; forward a follower's writes."""
         store, append = self.store, replies.append
-        k, count = 0, len(run)
-        while k < count:
+        done, count = 0, len(run)
+        while done < count:
             if self.read_barrier is not None:
-                self._confirm_reads(run, k, ctx)
+                self._confirm_reads(run, done, ctx)
             with store.lock:
                 # Read under the lock: the role cannot change between this test
                 # and a write's record reaching the sinks.
                 forwarder = self.forwarder
                 data_limit = self._data_limit
                 ctx.now_ms = self.clock.wall_ms()
-                while k < count:
-                    request, spec, args = run[k]
+                for request, spec, args in (run[done:] if done else run):
                     if spec is None:
                         append(args)
                     elif forwarder is not None and spec.is_write:
@@ -250,9 +246,7 @@ class Engine:
                     else:
                         try:
                             reply = spec.handler(store, ctx, *args)
-                        except GeomysError as exc:
-                            reply = error_reply(exc)
-                        except Exception as exc:  # a bug must cost one reply, not the connection
+                        except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
                             reply = error_reply(exc)
                         if store.effects:
                             self._publish()
@@ -261,15 +255,15 @@ class Engine:
                             # confirmed like one: its answer rests on every record so far.
                             ctx.write_seq = self.seq
                         append(reply)
-                    k += 1
+                    done += 1
                 ctx.wait_seq = self.seq
-            if k < count:
+            if done < count:
                 # A follower hands its writes to the leader: the consecutive ones in one call.
-                end = k + 1
+                end = done + 1
                 while end < count and run[end][1] is not None and run[end][1].is_write:
                     end += 1
-                replies.extend(self._forward([item[0] for item in run[k:end]], ctx))
-                k = end
+                replies.extend(self._forward([item[0] for item in run[done:end]], ctx))
+                done = end
 
     def _confirm_reads(self, run: list, start: int, ctx: Context) -> None:
         """Pass the read barrier for the reads of run[start:] that need it; on failure, they get the error.
@@ -324,7 +318,7 @@ class Engine:
         `self.seq` moves before the sinks see the record, so a thread a sink
         wakes already finds it.
         """
-        sinks = self._sinks
+        sinks = self.sinks
         for record in records:
             self.seq += 1
             for sink in sinks:
@@ -335,7 +329,8 @@ class Engine:
         forwarder = self.forwarder
         if forwarder is None:  # became leader meanwhile: run them here
             replies: list = []
-            self._dispatch(requests, ctx, replies)
+            ctx.commands -= len(requests)  # counted once already
+            self.execute_batch(requests, ctx, replies)
             return replies
         try:
             return forwarder(requests, ctx)
@@ -405,7 +400,7 @@ class Engine:
         for seq, record in entries:
             records_mod.apply(store, record)
             self.seq = seq
-            for sink in self._sinks:
+            for sink in self.sinks:
                 sink.append(seq, record)
         store.take_effects()
 
@@ -416,7 +411,7 @@ class Engine:
         this node's AOF describes the new state.
         """
         self.store.replace_contents(contents)
-        for sink in self._sinks:
+        for sink in self.sinks:
             sink.append(seq, ("FLUSHDB",))
             for record in snapshot_records:
                 sink.append(seq, record)
@@ -430,7 +425,7 @@ class Engine:
         leadership is lost, while the AOF would wait for numbering that a
         snapshot install may have moved back.
         """
-        for sink in reversed(self._sinks):
+        for sink in reversed(self.sinks):
             sink.wait(ctx.wait_seq, ctx.write_seq)
 
     # -- services for server commands -------------------------------------------

@@ -14,9 +14,10 @@ A record is a tuple whose first item names the effect:
 The store produces them as it changes; the append-only file, replication and
 snapshots carry them in one encoding (`pack` / `unpack`, MessagePack with str
 kept apart from bin); `apply` replays them. Imports only msgpack, the store
-and errors.
+and errors (and threading, for one encoder per thread).
 """
 
+import threading
 from collections import deque
 
 import msgpack
@@ -68,9 +69,19 @@ def validate(rec) -> tuple:
     return rec
 
 
+# One encoder per thread, reused: msgpack.packb builds a new one on every
+# call, which costs twice what the packing does. An encoder is not safe to
+# share between threads, and records are encoded by several.
+_encoders = threading.local()
+
+
 def pack(rec: tuple) -> bytes:
     """Encode a record: the bytes the append-only file frames and nodes send each other."""
-    return msgpack.packb(rec, use_bin_type=True)
+    try:
+        encode = _encoders.pack
+    except AttributeError:
+        encode = _encoders.pack = msgpack.Packer(use_bin_type=True).pack
+    return encode(rec)
 
 
 def unpack(data: bytes) -> tuple:

@@ -116,7 +116,7 @@ class Store:
             self.used_bytes += len(value) - len(old)
         data[key] = value
         if expire_at_ms is None:
-            if expires.pop(key, None) is not None:
+            if expires and expires.pop(key, None) is not None:  # no lookup while no key has a TTL
                 self.used_bytes -= TTL_OVERHEAD
         else:
             if key not in expires:

@@ -19,16 +19,27 @@ the leader and through a follower, in a section of its own.
     python scripts/bench.py --pysyncobj --repeat 3     # only the cluster against PySyncObj
     python scripts/bench.py --reads --repeat 3         # only local against linearizable reads
     python scripts/bench.py --quick --servers standalone,baseline --tests set --output /tmp/perf.md
+    python scripts/bench.py --cpu --repeat 3           # server CPU per request against the baseline
+
+--cpu measures what the server spends per request instead: Geomys, writethrough
+(SET only) and the baseline, SET and GET at 8 and 50 clients, a fixed -n per
+run; user and system CPU from /proc/PID/stat, and `perf stat` counts per
+request (context switches, page faults, syscalls by kind) when perf is
+installed and allowed, else context switches sampled from /proc
+(scripts/server_counters.py). It writes a section of its own (another one with
+--pin, which binds each server to the last CPU and the load to the others);
+--source DIR adds rows for the geomys package of another checkout.
 
 Every run is bounded by --max-seconds; the servers are stopped by PID at the
 end and on Ctrl-C. Runs in the main thread; imports only scripts/bench_common.py,
-msgpack and the standard library.
+scripts/server_counters.py, msgpack and the standard library.
 """
 
 import argparse
 import csv
 import importlib.metadata
 import io
+import os
 import re
 import shutil
 import socket
@@ -41,8 +52,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench_common import (REPO, BenchError, Connection, Server, Servers, add_output_option, command_path,
-                          free_port, info, machine_summary, median, positive_int, replace_section, run_main,
-                          start_cluster, start_geomys, wait_until)
+                          free_port, geomys_argv, info, machine_summary, median, positive_int, publish,
+                          replace_section, run_main, start_cluster, start_geomys, wait_until)
+import server_counters
 
 SERVERS = ("baseline", "standalone", "writethrough", "buffered", "cluster", "redis", "pysyncobj")
 TESTS = ("set", "get", "incr")
@@ -715,6 +727,227 @@ def render_reads(results: dict[tuple, Cell], targets: Sequence[Target], repeat: 
     ])
 
 
+# -- server CPU per request (--cpu) -----------------------------------------------------------
+
+CPU_SECTION = "bench_cpu"
+CPU_PINNED_SECTION = "bench_cpu_pinned"  # --cpu --pin writes here, so both runs can stand in the doc
+CPU_SERVERS = ("baseline", "standalone", "writethrough")
+CPU_TESTS = ("set", "get")
+CPU_CLIENTS = (8, 50)
+CPU_REQUESTS = 40000   # -n at pipeline 1; pipeline 16 runs CPU_P16_FACTOR times as many
+CPU_P16_FACTOR = 10
+CPU_GOAL = 1.25        # Geomys's CPU per request over the baseline's, at most
+RPS_GOAL = 0.90        # Geomys's req/s over the baseline's, at least
+WRITETHROUGH_GOAL = 0.50  # writethrough SET req/s over persistence none, at least
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """One run of one cell on one server (or, summarized, the medians of a cell's runs): per request."""
+
+    rps: float
+    user_us: float
+    system_us: float
+    counts: dict  # perf or /proc counts divided by the requests, by name
+    cut_short: bool
+    errors: int
+
+    @property
+    def cpu_us(self) -> float:
+        return self.user_us + self.system_us
+
+
+def run_cpu_one(target: Target, test: str, clients: int, pipeline: int, requests: int, max_seconds: float,
+                perf: Optional[str], events: Sequence[str], pin: Optional[tuple[set, set]] = None) -> CpuSample:
+    """One geomys-benchmark run with fixed -n, the server's CPU and counts taken around it.
+
+    `pin`: (the server's CPUs, the load's CPUs), to run each on its own.
+    """
+    argv = geomys_benchmark_argv(target.port, test, clients, pipeline, requests, max_seconds)
+    server = target.processes[0]
+    if pin:
+        server_counters.pin_process(server.pid, pin[0])
+        argv = server_counters.on_cpus(argv, pin[1])
+    try:
+        run, usage = server_counters.run_measured(argv, server.pid, perf, events, timeout=2 * max_seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError("geomys-benchmark did not finish: %s" % " ".join(argv)) from None
+    if run.returncode != 0:
+        raise BenchError("geomys-benchmark failed (status %d): %s\n%s" % (run.returncode, " ".join(argv), run.stderr))
+    rps, _, _, cut_short, errors = parse_geomys_report(run.stdout)
+    served = min(requests, rps * max_seconds) if cut_short else requests
+    per = 1e6 / max(served, 1)
+    return CpuSample(rps, usage.user_s * per, usage.system_s * per,
+                     {name: count / max(served, 1) for name, count in usage.counts.items()}, cut_short, errors)
+
+
+def run_cpu_matrix(targets: Sequence[Target], tests: Sequence[str], clients: Sequence[int], repeat: int,
+                   requests: dict[int, int], max_seconds: float, perf: Optional[str],
+                   events: Sequence[str], pin: Optional[tuple[set, set]] = None) -> dict[tuple, list[CpuSample]]:
+    """Every (row, test, clients, pipeline) `repeat` times; in each cell the servers take turns, in an order
+    that rotates from one repetition to the next."""
+    keys = [(test, c, p) for test in tests for c in clients for p in PIPELINES]
+    total = repeat * sum(1 for t in targets for key in keys if key[0] in t.tests)
+    samples: dict[tuple, list[CpuSample]] = {}
+    done, started = 0, time.monotonic()
+    for rep in range(repeat):
+        order = list(targets[rep % len(targets):]) + list(targets[:rep % len(targets)])
+        for test, c, p in keys:
+            for target in order:
+                if test not in target.tests:
+                    continue
+                sample = run_cpu_one(target, test, c, p, requests[p], max_seconds, perf, events, pin)
+                samples.setdefault((target.row, test, c, p), []).append(sample)
+                done += 1
+                print("[%3d/%d %5.0fs] rep %d  %-12s %-4s c=%-2d P=%-2d %9.0f req/s %6.1f µs CPU/request"
+                      % (done, total, time.monotonic() - started, rep + 1, target.row, test, c, p, sample.rps,
+                         sample.cpu_us), file=sys.stderr, flush=True)
+    return samples
+
+
+def summarize_cpu(samples: dict[tuple, list[CpuSample]]) -> dict[tuple, CpuSample]:
+    """The median of every figure of each cell."""
+    result = {}
+    for key, runs in samples.items():
+        names = dict.fromkeys(name for run in runs for name in run.counts)
+        result[key] = CpuSample(median([r.rps for r in runs]), median([r.user_us for r in runs]),
+                                median([r.system_us for r in runs]),
+                                {n: median([r.counts.get(n, 0.0) for r in runs]) for n in names},
+                                any(r.cut_short for r in runs), sum(r.errors for r in runs))
+    return result
+
+
+CPU_ROWS = (("baseline", "baseline"), ("standalone", "Geomys"), ("writethrough", "Geomys writethrough"))
+# Runs the geomys package of the checkout named first on the command line (--source).
+FROM_SOURCE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from geomys.app import main; main()"
+
+
+def start_sources(servers: Servers, workdir: Path, sources: Sequence[Path],
+                  names: Sequence[str]) -> tuple[list[Target], list[tuple[str, str]]]:
+    """Geomys from other checkouts (--source): a standalone row each, and a writethrough row if measured."""
+    targets, rows = [], []
+    for source in sources:
+        command = [sys.executable, "-c", FROM_SOURCE, str(source.resolve())]
+        for mode in ("standalone", "writethrough"):
+            if mode not in names:
+                continue
+            row = "%s@%s" % (mode, source.name)
+            options = () if mode == "standalone" else (
+                "--persistence", mode, "--persistence_path", str(workdir / ("%s.aof" % row)))
+            port = free_port(span=1000)
+            server = servers.add(Server(row, geomys_argv(port, *options, command=command), port,
+                                        workdir)).wait_ready()
+            targets.append(Target(row, port, ("set",) if mode == "writethrough" else TESTS, (server,)))
+            rows.append((row, "%s at %s" % ("Geomys" if mode == "standalone" else "Geomys writethrough",
+                                            source.name)))
+    return targets, rows
+
+
+def cpu_table(results: dict[tuple, CpuSample], test: str, rows: Sequence[tuple[str, str]] = CPU_ROWS) -> str:
+    """One test's cells: per server, req/s, CPU per request split, and the counts per request."""
+    names = list(dict.fromkeys(n for key, cell in results.items() if key[1] == test for n in cell.counts))
+    lines = ["| %s | server | req/s | CPU µs/request: user + system = total | CPU × baseline | %s |"
+             % (test.upper(), " | ".join("%s /req" % n for n in names)),
+             "|---|---|---:|---:|---:|%s" % ("---:|" * len(names))]
+    for c in sorted({key[2] for key in results}):
+        for p in PIPELINES:
+            base = results.get(("baseline", test, c, p))
+            for row, label in rows:
+                cell = results.get((row, test, c, p))
+                if cell is None:
+                    continue
+                factor = "%.2f" % (cell.cpu_us / base.cpu_us) if base and base.cpu_us and row != "baseline" else "–"
+                flags = ("*" if cell.cut_short else "") + ("!" if cell.errors else "")
+                lines.append("| %d clients, -P %d | %s | %s%s | %.1f + %.1f = **%.1f** | %s | %s |" % (
+                    c, p, label, "{:,.0f}".format(cell.rps), flags, cell.user_us, cell.system_us, cell.cpu_us,
+                    factor, " | ".join("%.2f" % cell.counts.get(n, 0.0) for n in names)))
+    return "\n".join(lines)
+
+
+def cpu_goals_table(results: dict[tuple, CpuSample]) -> str:
+    """Geomys against the baseline per cell (CPU and req/s), and writethrough against persistence none."""
+    lines = ["| cell | CPU/request × baseline (goal ≤ %.2f) | req/s × baseline (goal ≥ %.2f) | "
+             "writethrough req/s × none (goal ≥ %.2f) |" % (CPU_GOAL, RPS_GOAL, WRITETHROUGH_GOAL),
+             "|---|---:|---:|---:|"]
+
+    def verdict(value: Optional[float], goal: float, at_most: bool = False) -> str:
+        if value is None:
+            return "–"
+        met = value <= goal if at_most else value >= goal
+        return "%.2f %s" % (value, "yes" if met else "**no**")
+
+    for key in sorted({k[1:] for k in results}, key=lambda k: (CPU_TESTS.index(k[0]), k[1], k[2])):
+        base, geomys, wt = (results.get((row,) + key) for row in ("baseline", "standalone", "writethrough"))
+        cpu = geomys.cpu_us / base.cpu_us if geomys and base and base.cpu_us else None
+        rps = geomys.rps / base.rps if geomys and base and base.rps else None
+        wt_ratio = wt.rps / geomys.rps if wt and geomys and geomys.rps else None
+        lines.append("| %s, %d clients, -P %d | %s | %s | %s |" % (
+            key[0].upper(), key[1], key[2], verdict(cpu, CPU_GOAL, at_most=True), verdict(rps, RPS_GOAL),
+            verdict(wt_ratio, WRITETHROUGH_GOAL)))
+    return "\n".join(lines)
+
+
+def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: int, requests: dict[int, int],
+               max_seconds: float, perf: Optional[str], events: Sequence[str], why_not: str,
+               argv: Sequence[str], seconds: float, rows: Sequence[tuple[str, str]] = CPU_ROWS,
+               pin: Optional[tuple[set, set]] = None) -> str:
+    """The generated markdown of the CPU mode; `why_not` says why perf was not used, if it was not."""
+    if not why_not:
+        counted = ("Counts per request from `%s stat` attached to the server for the whole run (%s)."
+                   % (Path(perf).name, ", ".join(events)))
+    else:
+        counted = ("perf was not used (%s), so the only counts are context switches, sampled from "
+                   "/proc/PID/task/*/status every %g s: threads that ended between two samples are missed, "
+                   "so they are lower bounds." % (why_not, server_counters.SAMPLE_INTERVAL))
+    parts = [
+        generated_line(argv, seconds), "",
+        "Each figure is the median of %d run%s; in each cell the servers took turns, in an order that rotated "
+        "from one repetition to the next. -n %d at pipeline 1, -n %d at pipeline 16 (each run stopped after "
+        "%g s at most). Server CPU per request: user and system time of the server process from "
+        "/proc/PID/stat (10 ms ticks) over the run, divided by its requests. %s Writethrough runs SET only.%s"
+        % (repeat, "" if repeat == 1 else "s", requests[1], requests[16], max_seconds, counted,
+           " Pinned (--pin): every server thread on CPU %s, geomys-benchmark on CPU %s."
+           % (",".join(map(str, sorted(pin[0]))), ",".join(map(str, sorted(pin[1])))) if pin else ""), "",
+    ]
+    for test in tests:
+        parts += [cpu_table(results, test, rows), ""]
+    parts += ["\n".join("- " + note for note in MARKS), "", "#### Goals", "", cpu_goals_table(results)]
+    return "\n".join(parts)
+
+
+def run_cpu_mode(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """--cpu: Geomys and the baseline side by side, CPU and counts per request, into their own section."""
+    names = args.servers or CPU_SERVERS
+    tests = args.tests or CPU_TESTS
+    clients = tuple(int(c) for c in args.clients) if args.clients else CPU_CLIENTS
+    repeat = args.repeat or (1 if args.quick else 3)
+    base_n = args.requests or (2000 if args.quick else CPU_REQUESTS)
+    requests = {1: base_n, 16: CPU_P16_FACTOR * base_n}
+    perf = None if args.no_perf else server_counters.find_perf()
+    events = server_counters.usable_events(perf) if perf else ()
+    why_not = ("--no-perf" if args.no_perf else "perf is not installed" if not perf
+               else "this kernel lets perf count none of its events" if not events else "")
+    pin = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise BenchError("--pin needs at least two CPUs, this process may use %d" % len(cpus))
+        pin = ({cpus[-1]}, set(cpus[:-1]))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="geomys-bench-") as tmp, Servers() as servers:
+        targets = [replace(t, tests=("set",) if t.row == "writethrough" else t.tests)
+                   for t in start_targets(servers, Path(tmp), names, warm_up=False)]
+        more, source_rows = start_sources(servers, Path(tmp), args.source, names)
+        samples = run_cpu_matrix(targets + more, tests, clients, repeat, requests, args.max_seconds, perf, events,
+                                 pin)
+    rows = [CPU_ROWS[0], CPU_ROWS[1], *[r for r in source_rows if r[0].startswith("standalone@")],
+            CPU_ROWS[2], *[r for r in source_rows if r[0].startswith("writethrough@")]]
+    text = render_cpu(summarize_cpu(samples), tests, repeat, requests, args.max_seconds, perf, events, why_not,
+                      argv, time.monotonic() - started, rows, pin)
+    publish(text, args.output, CPU_PINNED_SECTION if pin else CPU_SECTION)
+    return 0
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -738,7 +971,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="small -n (2000 / 10000) and one repetition: checks that everything runs, measures little")
     add("--repeat", type=positive_int, default=None, metavar="N", help="runs of every cell (default 3, --quick 1)")
     add("--requests", type=positive_int, default=None, metavar="N",
-        help="-n of the pipeline-1 runs (default 20000, --quick 2000); pipeline-16 runs use 5 x N")
+        help="-n of the pipeline-1 runs (default 20000, --cpu 40000, --quick 2000); pipeline-16 runs use "
+             "5 x N (--cpu: 10 x N)")
     add("--max-seconds", type=float, default=20.0, metavar="S",
         help="bound of each run, passed to geomys-benchmark (default %(default)s)")
     add("--servers", type=parse_list(SERVERS), default=None, metavar="LIST",
@@ -757,6 +991,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pysyncobj", action="store_true",
         help="only the 3-node cluster against PySyncObj (SET at %s clients), written into its own section"
              % "/".join(map(str, COMPARISON_CLIENTS)))
+    add("--cpu", action="store_true",
+        help="server CPU per request (user and system), with perf stat counts when perf works: Geomys, "
+             "writethrough (SET) and the baseline, SET and GET at %s clients, written into its own section"
+             % "/".join(map(str, CPU_CLIENTS)))
+    add("--source", type=Path, action="append", default=[], metavar="DIR",
+        help="with --cpu: also measure the geomys package of the checkout DIR (say, a git worktree of an older "
+             "commit), in rows of its own; may be given more than once")
+    add("--pin", action="store_true",
+        help="with --cpu: bind each server to the last CPU and geomys-benchmark to the others, so server "
+             "threads never hand the GIL across cores and the load never shares the server's core")
+    add("--no-perf", action="store_true",
+        help="with --cpu: do not use perf even if it works (context switches are then sampled from /proc)")
     add_output_option(parser)
     return parser
 
@@ -770,6 +1016,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--pysyncobj and --reads choose their servers and tests themselves")
     if args.pysyncobj and args.reads:
         parser.error("--pysyncobj and --reads are separate runs")
+    if args.cpu:
+        if args.pysyncobj or args.reads or set(args.servers or ()) - set(CPU_SERVERS) \
+                or set(args.tests or ()) - set(CPU_TESTS):
+            parser.error("--cpu measures only %s, tests %s" % (",".join(CPU_SERVERS), ",".join(CPU_TESTS)))
+        return run_cpu_mode(args, argv)
     names = ("cluster", "pysyncobj") if args.pysyncobj else args.servers or SERVERS
     tests = ("set",) if args.pysyncobj else args.tests or TESTS
     repeat = args.repeat or (1 if args.quick else 3)
@@ -809,9 +1060,7 @@ def run_reads(args: argparse.Namespace, argv: Sequence[str], repeat: int, reques
         samples = run_matrix(targets, ("get",), repeat, requests, args.max_seconds)
     text = render_reads(summarize(samples), targets, repeat, requests, args.max_seconds, argv,
                         time.monotonic() - started)
-    print(text + "\n")
-    replace_section(args.output, READS_SECTION, text)
-    print("written into %s" % args.output, file=sys.stderr)
+    publish(text, args.output, READS_SECTION)
     return 0
 
 

@@ -107,6 +107,12 @@ def to_seconds(raw, field: str) -> float:
     return float(raw)
 
 
+# Converters that return a str unchanged. parse hands a str straight to the
+# handler for their fields instead of calling them: keys and values sent as
+# str are the common case, and a call per field is a good part of parsing.
+KEEPS_STR = (to_str, to_key)
+
+
 def _type_name(raw) -> str:
     return {type(None): "nil", bool: "a boolean", list: "an array", dict: "a map"}.get(
         type(raw), type(raw).__name__)
@@ -153,6 +159,7 @@ class CommandSpec:
     is_blocking: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_lock: bool = dataclass_field(init=False, repr=False, compare=False)
     needs_auth: bool = dataclass_field(init=False, repr=False, compare=False)
+    is_plain: bool = dataclass_field(init=False, repr=False, compare=False)
     denies_oom: bool = dataclass_field(init=False, repr=False, compare=False)
     is_read: bool = dataclass_field(init=False, repr=False, compare=False)
     _plan: tuple = dataclass_field(init=False, repr=False, compare=False)
@@ -163,11 +170,14 @@ class CommandSpec:
         set_(self, "is_blocking", BLOCKING in self.flags)
         set_(self, "needs_lock", NOLOCK not in self.flags)
         set_(self, "needs_auth", NOAUTH not in self.flags)
+        # Runs under the store lock and never waits: may share a hold of the lock with others.
+        set_(self, "is_plain", self.needs_lock and not self.is_blocking)
         set_(self, "denies_oom", DENYOOM in self.flags)
         # Reads the keyspace without changing it: may ask to be linearizable.
         set_(self, "is_read", NOLOCK not in self.flags and WRITE not in self.flags)
         # The fields as plain tuples: parse runs for every request.
-        set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default) for f in self.fields))
+        set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default, f.convert in KEEPS_STR)
+                                  for f in self.fields))
 
     @property
     def usage(self) -> str:
@@ -188,12 +198,14 @@ class CommandSpec:
             if consistent is not None and type(consistent) is not bool:
                 raise BadRequest("field '%s' must be a boolean (true or false), got %s"
                                  % (CONSISTENT, _describe(consistent)))
-        for name, convert, required, default in self._plan:
+        for name, convert, required, default, keeps_str in self._plan:
             raw = get(name)
             if raw is None:
                 if required:
                     raise BadRequest("%s needs the field '%s'" % (self.name, name))
                 args.append(default)
+            elif keeps_str and type(raw) is str:
+                args.append(raw)
             else:
                 args.append(convert(raw, name))
         return args

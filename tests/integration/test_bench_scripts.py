@@ -3,6 +3,7 @@
 Functional checks only: no assertion here is about speed.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +41,41 @@ def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(t
                      r"(yes|\*\*no\*\*) \|", text, re.M)
     assert goal and float(goal.group(1)) > 0
     assert "Geomys standalone" in run.stdout  # the tables are printed too
+
+
+@pytest.mark.parametrize("counters", ["perf if it works", "no perf"])
+def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_section(counters, tmp_path):
+    output = tmp_path / "performance.md"
+    extra = ["--no-perf"] if counters == "no perf" else []
+    if counters == "no perf" and len(os.sched_getaffinity(0)) >= 2:
+        extra.append("--pin")  # each server on one CPU, the load on the others
+    section = "bench_cpu_pinned" if "--pin" in extra else "bench_cpu"
+    output.write_text("prose\n\n<!-- %s:begin -->\nold\n<!-- %s:end -->\n" % (section, section))
+    # --source runs the geomys package of another checkout beside this one's: this one again, here.
+    source = SCRIPTS.parent
+    # Enough requests for the 10 ms ticks of /proc/PID/stat to count every server's CPU.
+    run = run_script("bench.py", "--cpu", "--quick", "--tests", "set", "--clients", "8", "--requests", "2000",
+                     "--max-seconds", "10", "--source", str(source), "--output", str(output), *extra)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert "old" not in text and "<!-- bench:begin -->" not in text  # only its own section is written
+    rows = re.findall(r"^\| 8 clients, -P (1|16) \| (baseline|Geomys[^|]*) \| ([\d,]+)\*?!? \| "
+                      r"([\d.]+) \+ ([\d.]+) = \*\*([\d.]+)\*\* \| ([\d.]+|–) \|(.*)\|$", text, re.M)
+    servers = ("baseline", "Geomys", "Geomys at %s" % source.name, "Geomys writethrough",
+               "Geomys writethrough at %s" % source.name)
+    assert sorted((r[0], r[1]) for r in rows) == sorted((p, server) for p in ("1", "16") for server in servers)
+    for _, server, rps, user, system, total, factor, counts in rows:
+        assert int(rps.replace(",", "")) > 0 and float(total) > 0
+        assert abs(float(user) + float(system) - float(total)) < 0.11
+        assert (factor == "–") == (server == "baseline")
+        switches = [float(c) for c in counts.split("|")][0]  # the first count is context switches either way
+        # Sampled from /proc, the switches of threads that end between two samples are missed.
+        assert switches > 0 if counters != "no perf" else switches >= 0
+    if counters == "no perf":
+        assert "perf was not used (--no-perf)" in text and "voluntary switches (at least) /req" in text
+        assert ("Pinned (--pin)" in text) == ("--pin" in extra)
+    assert re.search(r"^\| SET, 8 clients, -P 1 \| [\d.]+ (yes|\*\*no\*\*) \| [\d.]+ (yes|\*\*no\*\*) \| "
+                     r"[\d.]+ (yes|\*\*no\*\*) \|$", text, re.M), text
 
 
 def test_bench_pysyncobj_measures_the_cluster_beside_both_pysyncobj_settings_in_its_own_section(tmp_path):

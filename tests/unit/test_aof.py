@@ -308,6 +308,52 @@ def test_no_reply_leaves_before_the_fsync_covering_its_record_and_queued_writes_
     assert len(read_records(path)) == writers
 
 
+class FsyncOneAtATime:
+    """An fsync that, once held, lets each call through only on a permit the test gives."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.entered = threading.Semaphore(0)
+        self.permits = threading.Semaphore(0)
+
+    def __call__(self, fd: int) -> None:
+        if self.held:
+            self.entered.release()
+            assert self.permits.acquire(timeout=10), "test never let the fsync through"
+        os.fsync(fd)
+
+
+def test_an_fsync_wakes_only_the_writers_whose_record_it_covers(tmp_path):
+    fsync = FsyncOneAtATime()
+    node = Node(tmp_path / "db.aof", fsync=fsync)
+    fsync.held = True
+    done = []
+
+    def writer(key: str) -> None:
+        ctx = node.run_unsettled("SET", key=key, value="v")
+        node.engine.settle(ctx)
+        done.append(key)
+
+    first = threading.Thread(target=writer, args=("a",))
+    first.start()
+    assert fsync.entered.acquire(timeout=10)  # record 1's fsync is running
+    second = threading.Thread(target=writer, args=("b",))
+    second.start()
+    wait_until(lambda: sorted(w[0] for w in node.aof._waiters) == [1, 2], message="both writers to wait")
+    second_gate = next(gate for seq, _, gate in node.aof._waiters if seq == 2)
+    fsync.permits.release()  # record 1 is on disk; record 2 came too late for that fsync
+    wait_until(lambda: done == ["a"], message="the first writer to be acknowledged")
+    assert fsync.entered.acquire(timeout=10)  # the flusher is in record 2's fsync now
+    # The second writer was never woken: it still sleeps on the gate it first closed.
+    assert done == ["a"] and [w[2] for w in node.aof._waiters] == [second_gate] and second_gate.locked()
+    fsync.permits.release()
+    first.join(10)
+    second.join(10)
+    assert done == ["a", "b"] and not node.aof._waiters
+    fsync.held = False
+    node.aof.close()
+
+
 def test_under_50_concurrent_writers_every_acknowledgement_follows_its_fsync_and_fsyncs_are_shared(tmp_path):
     path = tmp_path / "db.aof"
     fsync = GatedFsync(path)

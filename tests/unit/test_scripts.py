@@ -7,6 +7,7 @@ The scripts' end-to-end runs are in tests/integration/test_bench_scripts.py
 
 import importlib.util
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +31,8 @@ faults = load_script("faults")
 bench_common = load_script("bench_common")
 bench = load_script("bench")
 pysyncobj_node = load_script("pysyncobj_node")  # imports pysyncobj only when a node starts
+server_counters = load_script("server_counters")
+count_bytecodes = load_script("count_bytecodes")
 
 
 DOCS = SCRIPTS.parent / "docs"
@@ -74,6 +77,31 @@ def test_a_generated_section_replaces_only_its_own_marker_lines_not_prose_naming
     bench_common.replace_section(doc, "x", "new figures")
     assert doc.read_text() == ("Prose: the part between `<!-- x:begin -->` and `<!-- x:end -->` is generated.\n\n"
                                "<!-- x:begin -->\nnew figures\n<!-- x:end -->\n\nafter\n")
+
+
+def test_perf_stat_csv_gives_a_count_per_event_and_leaves_out_what_perf_could_not_count():
+    text = ("# started on Tue Dec  1 18:00:00 2026\n\n"
+            "21102,,context-switches,1000,100.00,,\n"
+            "<not counted>,,syscalls:sys_enter_fsync,0,0.00,,\n"
+            "<not supported>,,page-faults,0,0.00,,\n"
+            "42633,,raw_syscalls:sys_enter,1000,100.00,,\n")
+    assert server_counters.parse_perf_csv(text) == {"context-switches": 21102.0, "raw_syscalls:sys_enter": 42633.0}
+
+
+def test_this_process_has_cpu_time_and_context_switches_to_read():
+    user, system = server_counters.cpu_times(os.getpid())
+    assert user > 0 and system >= 0
+    switches = server_counters.thread_switches(os.getpid())
+    assert threading.get_native_id() in switches and all(v >= 0 and n >= 0 for v, n in switches.values())
+
+
+def test_bytecodes_per_request_are_counted_alike_on_every_run_and_leave_the_stand_in_socket_out():
+    (_, geomys), (_, baseline) = count_bytecodes.servers()
+    first, again = (count_bytecodes.count(geomys, count_bytecodes.reads("set", 16, run)) for run in (1, 2))
+    assert first[:2] == again[:2] and first[0] > 0 and first[1] > 0
+    assert first[0] == sum(n for name, n in first[2].items() if not name.startswith("count_bytecodes.py"))
+    base_ops, base_calls, _ = count_bytecodes.count(baseline, count_bytecodes.reads("set", 16, 3))
+    assert 0 < base_ops < first[0] and base_calls > 0
 
 
 def test_python_and_native_frames_are_named_by_file_and_function_without_lines():
