@@ -364,7 +364,7 @@ class ReadRound:
 
     number: int
     index: int
-    reads: list          # (node, read id): this node's own, or a follower's request
+    reads: list          # (node, read id, arrived): this node's own reads, or followers' requests
     started: float
     leader: Optional[int] = None
 
