@@ -911,7 +911,8 @@ def render_cpu(results: dict[tuple, CpuSample], tests: Sequence[str], repeat: in
     ]
     for test in tests:
         parts += [cpu_table(results, test, rows), ""]
-    parts += ["\n".join("- " + note for note in MARKS), "", "#### Goals", "", cpu_goals_table(results)]
+    parts += ["\n".join("- " + note for note in MARKS), "",
+              "#### Goals of server CPU per request%s" % (", pinned" if pin else ""), "", cpu_goals_table(results)]
     return "\n".join(parts)
 
 

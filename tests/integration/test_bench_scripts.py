@@ -22,6 +22,20 @@ def run_script(name: str, *args: str, timeout: float = 90.0) -> subprocess.Compl
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def bench_into_section(tmp_path, section: str, *args: str, timeout: float) -> str:
+    """Run bench.py with `args` into a file holding only `section` (with "old" in it); return the file's text.
+
+    Checks that the run succeeded and that it wrote its own section and no other.
+    """
+    output = tmp_path / "performance.md"
+    output.write_text("prose\n\n<!-- %s:begin -->\nold\n<!-- %s:end -->\n" % (section, section))
+    run = run_script("bench.py", *args, "--output", str(output), timeout=timeout)
+    assert run.returncode == 0, run.stderr
+    text = output.read_text()
+    assert "old" not in text and "<!-- bench:begin -->" not in text  # only its own section is written
+    return text
+
+
 def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(tmp_path):
     output = tmp_path / "performance.md"
     output.write_text("# Title\n\nprose before\n\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\n\n"
@@ -45,20 +59,16 @@ def test_bench_quick_writes_its_tables_between_the_markers_and_keeps_the_prose(t
 
 @pytest.mark.parametrize("counters", ["perf if it works", "no perf"])
 def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_section(counters, tmp_path):
-    output = tmp_path / "performance.md"
     extra = ["--no-perf"] if counters == "no perf" else []
     if counters == "no perf" and len(os.sched_getaffinity(0)) >= 2:
         extra.append("--pin")  # each server on one CPU, the load on the others
     section = "bench_cpu_pinned" if "--pin" in extra else "bench_cpu"
-    output.write_text("prose\n\n<!-- %s:begin -->\nold\n<!-- %s:end -->\n" % (section, section))
     # --source runs the geomys package of another checkout beside this one's: this one again, here.
     source = SCRIPTS.parent
     # Enough requests for the 10 ms ticks of /proc/PID/stat to count every server's CPU.
-    run = run_script("bench.py", "--cpu", "--quick", "--tests", "set", "--clients", "8", "--requests", "2000",
-                     "--max-seconds", "10", "--source", str(source), "--output", str(output), *extra)
-    assert run.returncode == 0, run.stderr
-    text = output.read_text()
-    assert "old" not in text and "<!-- bench:begin -->" not in text  # only its own section is written
+    text = bench_into_section(tmp_path, section, "--cpu", "--quick", "--tests", "set", "--clients", "8",
+                              "--requests", "2000", "--max-seconds", "10", "--source", str(source), *extra,
+                              timeout=90.0)
     rows = re.findall(r"^\| 8 clients, -P (1|16) \| (baseline|Geomys[^|]*) \| ([\d,]+)\*?!? \| "
                       r"([\d.]+) \+ ([\d.]+) = \*\*([\d.]+)\*\* \| ([\d.]+|–) \|(.*)\|$", text, re.M)
     servers = ("baseline", "Geomys", "Geomys at %s" % source.name, "Geomys writethrough",
@@ -79,14 +89,9 @@ def test_bench_cpu_reports_cpu_per_request_beside_the_baseline_in_its_own_sectio
 
 
 def test_bench_pysyncobj_measures_the_cluster_beside_both_pysyncobj_settings_in_its_own_section(tmp_path):
-    output = tmp_path / "performance.md"
-    output.write_text("prose\n\n<!-- pysyncobj:begin -->\nold\n<!-- pysyncobj:end -->\n")
     # One client count and a small -n keep it short; pysyncobj is pip installed if it is missing.
-    run = run_script("bench.py", "--pysyncobj", "--quick", "--clients", "1", "--requests", "100",
-                     "--max-seconds", "5", "--output", str(output), timeout=240)
-    assert run.returncode == 0, run.stderr
-    text = output.read_text()
-    assert "old" not in text and "<!-- bench:begin -->" not in text  # only its own section is written
+    text = bench_into_section(tmp_path, "pysyncobj", "--pysyncobj", "--quick", "--clients", "1",
+                              "--requests", "100", "--max-seconds", "5", timeout=240)
     figures = r"([\d,]+)[*!†]* \| ([\d.]+)"
     rows = re.findall(r"^\| via the (leader|follower), 1 client, -P (1|16) \| %s \| %s \| %s \| ([\d.]+) \| "
                       r"(yes|\*\*no\*\*) \|$" % (figures, figures, figures), text, re.M)
@@ -151,13 +156,8 @@ def test_bench_tls_quick_reports_ratios_for_every_cell_and_the_handshake_cost(tm
 
 
 def test_bench_reads_measures_local_and_consistent_get_on_the_leader_and_a_follower_in_its_own_section(tmp_path):
-    output = tmp_path / "performance.md"
-    output.write_text("prose\n\n<!-- reads:begin -->\nold\n<!-- reads:end -->\n")
-    run = run_script("bench.py", "--reads", "--quick", "--clients", "50", "--requests", "200",
-                     "--max-seconds", "10", "--output", str(output), timeout=180)
-    assert run.returncode == 0, run.stderr
-    text = output.read_text()
-    assert "old" not in text and "<!-- bench:begin -->" not in text
+    text = bench_into_section(tmp_path, "reads", "--reads", "--quick", "--clients", "50", "--requests", "200",
+                              "--max-seconds", "10", timeout=180)
     rows = re.findall(r"^\| (on the leader|through a follower), 50 clients, -P (1|16) \| ([\d,]+)[*!]* \| "
                       r"([\d,]+)[*!]* \| ([\d.]+) \| .* \| ([\d.]+) \|$", text, re.M)
     assert sorted(row[:2] for row in rows) == [("on the leader", "1"), ("on the leader", "16"),
