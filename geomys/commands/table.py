@@ -162,7 +162,8 @@ class CommandSpec:
     is_plain: bool = dataclass_field(init=False, repr=False, compare=False)
     denies_oom: bool = dataclass_field(init=False, repr=False, compare=False)
     is_read: bool = dataclass_field(init=False, repr=False, compare=False)
-    _plan: tuple = dataclass_field(init=False, repr=False, compare=False)
+    parse: Callable[[dict], tuple] = dataclass_field(init=False, repr=False, compare=False)
+    parse_source: str = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: computed once here
@@ -175,40 +176,72 @@ class CommandSpec:
         set_(self, "denies_oom", DENYOOM in self.flags)
         # Reads the keyspace without changing it: may ask to be linearizable.
         set_(self, "is_read", NOLOCK not in self.flags and WRITE not in self.flags)
-        # The fields as plain tuples: parse runs for every request.
-        set_(self, "_plan", tuple((f.name, f.convert, f.required, f.default, f.convert in KEEPS_STR)
-                                  for f in self.fields))
+        parse, source = compile_parser(self)
+        set_(self, "parse", parse)
+        set_(self, "parse_source", source)
 
     @property
     def usage(self) -> str:
         """The usage line geomys-cli shows, e.g. `set KEY VALUE [TTL_MS]`."""
         return " ".join([self.name.lower()] + [field.word for field in self.fields])
 
-    def parse(self, request: dict) -> list:
-        """Convert the request's fields to the handler's arguments, or raise BadRequest.
 
-        A field that is missing or nil takes its default (or is an error when
-        required). A read's CONSISTENT field is checked here but is not an
-        argument: the engine acts on it.
-        """
-        args = []
-        get = request.get
-        if self.is_read:
-            consistent = get(CONSISTENT)
-            if consistent is not None and type(consistent) is not bool:
-                raise BadRequest("field '%s' must be a boolean (true or false), got %s"
-                                 % (CONSISTENT, _describe(consistent)))
-        for name, convert, required, default, keeps_str in self._plan:
-            raw = get(name)
-            if raw is None:
-                if required:
-                    raise BadRequest("%s needs the field '%s'" % (self.name, name))
-                args.append(default)
-            elif keeps_str and type(raw) is str:
-                args.append(raw)
-            else:
-                args.append(convert(raw, name))
-        return args
+def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict], tuple], str]:
+    """Write the spec's parse function from its fields; return it and its source.
+
+    `parse(request)` converts the request map's fields to the handler's
+    arguments (a tuple, one per field), or raises BadRequest naming the
+    field. A field that is missing or nil takes its default, or is an error
+    when required. A read's CONSISTENT field is checked too but is not an
+    argument: the engine acts on it.
+
+    parse runs for every request, and a loop over the fields would cost
+    several times the checks themselves, so, as dataclasses and namedtuple
+    do, the table writes the checks out as straight-line code once, at
+    import. A str in a key or string field is taken as it is; anything else
+    goes to the field's converter. `spec.parse_source` shows the result.
+    """
+    namespace: dict = {"bad_consistent": _bad_consistent}
+    lines = ["def parse(request):", "    get = request.get"]
+    if spec.is_read:
+        lines += ["    consistent = get(%r)" % CONSISTENT,
+                  "    if consistent is not None and consistent is not True and consistent is not False:",
+                  "        bad_consistent(consistent)"]
+    names = []
+    for field in spec.fields:
+        if not field.name.isidentifier() or field.name in ("get", "request", "consistent"):
+            raise ValueError("%s: field name %r cannot be a variable of parse" % (spec.name, field.name))
+        var, read = field.name, "read_%s" % field.name
+        namespace[read] = _field_reader(spec.name, field)
+        lines.append("    %s = get(%r)" % (var, field.name))
+        if field.convert in KEEPS_STR:
+            lines += ["    if type(%s) is not str:" % var, "        %s = %s(%s)" % (var, read, var)]
+        elif field.required or field.default is not None:
+            lines.append("    %s = %s(%s)" % (var, read, var))
+        else:
+            lines += ["    if %s is not None:" % var, "        %s = %s(%s)" % (var, read, var)]
+        names.append(var)
+    lines.append("    return (%s)" % (names[0] + "," if len(names) == 1 else ", ".join(names)))
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, "<parse %s>" % spec.name, "exec"), namespace)
+    return namespace["parse"], source
+
+
+def _field_reader(command: str, field: Field) -> Callable[[Any], Any]:
+    """One field's conversion, nil included: its default, or BadRequest when it is required."""
+    name, convert, required, default = field.name, field.convert, field.required, field.default
+
+    def read(raw):
+        if raw is None:
+            if required:
+                raise BadRequest("%s needs the field '%s'" % (command, name))
+            return default
+        return convert(raw, name)
+    return read
+
+
+def _bad_consistent(raw) -> None:
+    raise BadRequest("field '%s' must be a boolean (true or false), got %s" % (CONSISTENT, _describe(raw)))
 
 
 def build_table(*spec_groups) -> dict[str, CommandSpec]:
