@@ -18,7 +18,7 @@ from .clock import Clock
 from . import digest as digest_mod
 from . import records as records_mod
 from .commands import TABLE, lookup
-from .commands.table import CONSISTENT
+from .commands.table import CONSISTENT, NOLOCK, CommandSpec
 from .errors import AuthRequired, BadRequest, GeomysError, OutOfMemory, Timeout, UnknownCommand, describe_key
 from .memory import format_size, rss_bytes
 from .protocol import error_reply
@@ -36,6 +36,23 @@ LOCK_BATCH = 64
 
 # The data limit when max_memory is 0: an int, which compares faster than infinity.
 NO_LIMIT = sys.maxsize
+
+# The plain commands (run under the store lock, never waiting) by every name
+# the table knows them by: the lookup of an authenticated client's request.
+# Before AUTH, on a server with requirepass, nothing is found there and every
+# request takes the slower path that checks what is allowed.
+PLAIN = {name: spec for name, spec in TABLE.items() if spec.is_plain}
+_NOTHING: dict = {}
+
+
+def _ready(store, ctx, reply):
+    """Hand back a reply made before the lock was taken (an error found in lookup or parsing)."""
+    return reply
+
+
+# Stands in for the spec of a request already answered, so that its reply
+# keeps its place in a run of plain commands.
+READY = CommandSpec("(answered)", _ready, flags=frozenset({NOLOCK}))
 
 # How often a blocked client checks that its connection is still open, so a
 # BLPOP with no timeout does not outlive its client.
@@ -180,30 +197,37 @@ class Engine:
         go into `replies` one by one so that a blocking pop can flush the
         ones before it. Raises only ClientGone.
         """
+        if len(requests) > LOCK_BATCH:
+            for first in range(0, len(requests), LOCK_BATCH):
+                self.execute_batch(requests[first:first + LOCK_BATCH], ctx, replies)
+            return
         ctx.commands += len(requests)
-        table_get = TABLE.get
-        run = []  # (request, spec, args) of plain commands; spec None: args is the ready reply
+        plain = PLAIN.get if ctx.authenticated else _NOTHING.get
+        run: list = []  # (request, spec, args) of plain commands, in order
         for request in requests:
+            # The common case: a map naming a plain command as the table
+            # spells it, from a client allowed to run it.
             try:
-                # The common case inline: a map naming a command as the
-                # table spells it, by a client allowed to run it.
-                name = request.get("command") if type(request) is dict else None
-                spec = table_get(name) if type(name) is str else None
-                if spec is None or (spec.needs_auth and not ctx.authenticated):
+                spec = plain(request["command"])
+            except Exception:  # not a map, no command, or a name no dict can hold
+                spec = None
+            if spec is None:
+                try:
                     spec = self._resolve(request, ctx)
-                item = (request, spec, spec.parse(request)) if spec.is_plain else None
-            except Exception as exc:  # a GeomysError, or a bug: one error reply either way
-                item = (request, None, error_reply(exc))
-            if item is not None:
-                run.append(item)
-                if len(run) == LOCK_BATCH:
-                    self._run_locked(run, ctx, replies)
-                    run = []
-            else:  # no lock, or blocking: alone, after the run before it
-                if run:
-                    self._run_locked(run, ctx, replies)
-                    run = []
-                replies.append(self._run_special(request, spec, ctx))
+                except Exception as exc:  # a GeomysError, or a bug: one error reply either way
+                    run.append((request, READY, (error_reply(exc),)))
+                    continue
+                if not spec.is_plain:  # no lock, or blocking: alone, after the run before it
+                    if run:
+                        self._run_locked(run, ctx, replies)
+                        run = []
+                    replies.append(self._run_special(request, spec, ctx))
+                    plain = PLAIN.get if ctx.authenticated else _NOTHING.get  # it may have been AUTH
+                    continue
+            try:
+                run.append((request, spec, spec.parse(request)))
+            except Exception as exc:
+                run.append((request, READY, (error_reply(exc),)))
         if run:
             self._run_locked(run, ctx, replies)
 
@@ -222,12 +246,18 @@ class Engine:
         return spec
 
     def _run_locked(self, run: list, ctx: Context, replies: list) -> None:
-        """Run parsed plain commands under one hold of the store lock; forward a follower's writes."""
+        """Run parsed plain commands under one hold of the store lock; forward a follower's writes.
+
+        Every command run appends exactly one reply, so the count of new
+        replies tells where a follower stopped at its first write.
+        """
         store, append = self.store, replies.append
         done, count = 0, len(run)
         while done < count:
             if self.read_barrier is not None:
                 self._confirm_reads(run, done, ctx)
+            before = len(replies)
+            wrote = False
             with store.lock:
                 # Read under the lock: the role cannot change between this test
                 # and a write's record reaching the sinks.
@@ -235,32 +265,35 @@ class Engine:
                 data_limit = self._data_limit
                 ctx.now_ms = self.clock.wall_ms()
                 for request, spec, args in (run[done:] if done else run):
-                    if spec is None:
-                        append(args)
-                    elif forwarder is not None and spec.is_write:
+                    if forwarder is not None and spec.is_write:
                         break
-                    elif spec.denies_oom and store.used_bytes >= data_limit:
+                    if store.used_bytes >= data_limit and spec.denies_oom:
                         # Checked where writes execute: on a cluster's leader,
                         # so writes forwarded to it get the same answer.
                         append(self._oom_reply)
-                    else:
-                        try:
-                            reply = spec.handler(store, ctx, *args)
-                        except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
-                            reply = error_reply(exc)
-                        if store.effects:
-                            self._publish()
-                        if spec.is_write:
-                            # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
-                            # confirmed like one: its answer rests on every record so far.
-                            ctx.write_seq = self.seq
-                        append(reply)
-                    done += 1
+                        continue
+                    try:
+                        reply = spec.handler(store, ctx, *args)
+                    except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
+                        reply = error_reply(exc)
+                    if spec.is_write:
+                        wrote = True
+                    append(reply)
+                # The records of the whole hold are numbered at its end, in
+                # the order the store noted them: nothing outside the lock can
+                # tell the difference from numbering them one by one.
+                if store.effects:
+                    self._publish()
+                if wrote:
+                    # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
+                    # confirmed like one: its answer rests on every record so far.
+                    ctx.write_seq = self.seq
                 ctx.wait_seq = self.seq
+            done += len(replies) - before
             if done < count:
                 # A follower hands its writes to the leader: the consecutive ones in one call.
                 end = done + 1
-                while end < count and run[end][1] is not None and run[end][1].is_write:
+                while end < count and run[end][1].is_write:
                     end += 1
                 replies.extend(self._forward([item[0] for item in run[done:end]], ctx))
                 done = end
@@ -278,7 +311,7 @@ class Engine:
         reads, consistent = [], 0
         for i in range(start, len(run)):
             request, spec, _ = run[i]
-            if spec is not None and spec.is_read:
+            if spec.is_read:
                 wanted = request.get(CONSISTENT)
                 if wanted or (wanted is None and default):
                     consistent += 1
@@ -292,7 +325,7 @@ class Engine:
         except GeomysError as exc:
             failed = error_reply(exc)
             for i in reads:
-                run[i] = (run[i][0], None, failed)
+                run[i] = (run[i][0], READY, (failed,))
 
     def _run_special(self, request: dict, spec, ctx: Context) -> dict:
         """Run a command that takes no lock (PING, AUTH, INFO...) or blocks (BLPOP, BRPOP)."""
