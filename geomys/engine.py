@@ -248,58 +248,57 @@ class Engine:
     def _run_locked(self, run: list, ctx: Context, replies: list) -> None:
         """Run parsed plain commands under one hold of the store lock; forward a follower's writes.
 
-        Every command run appends exactly one reply, so the count of new
-        replies tells where a follower stopped at its first write.
+        A follower stops at its first write, hands it and the writes right
+        after it to the leader, and goes on with the rest in a new hold.
         """
+        if self.read_barrier is not None:
+            self._confirm_reads(run, ctx)
         store, append = self.store, replies.append
-        done, count = 0, len(run)
-        while done < count:
-            if self.read_barrier is not None:
-                self._confirm_reads(run, done, ctx)
-            before = len(replies)
-            wrote = False
-            with store.lock:
-                # Read under the lock: the role cannot change between this test
-                # and a write's record reaching the sinks.
-                forwarder = self.forwarder
-                data_limit = self._data_limit
-                ctx.now_ms = self.clock.wall_ms()
-                for request, spec, args in (run[done:] if done else run):
-                    if forwarder is not None and spec.is_write:
-                        break
-                    if store.used_bytes >= data_limit and spec.denies_oom:
-                        # Checked where writes execute: on a cluster's leader,
-                        # so writes forwarded to it get the same answer.
-                        append(self._oom_reply)
-                        continue
-                    try:
-                        reply = spec.handler(store, ctx, *args)
-                    except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
-                        reply = error_reply(exc)
-                    if spec.is_write:
-                        wrote = True
-                    append(reply)
-                # The records of the whole hold are numbered at its end, in
-                # the order the store noted them: nothing outside the lock can
-                # tell the difference from numbering them one by one.
-                if store.effects:
-                    self._publish()
-                if wrote:
-                    # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
-                    # confirmed like one: its answer rests on every record so far.
-                    ctx.write_seq = self.seq
-                ctx.wait_seq = self.seq
-            done += len(replies) - before
-            if done < count:
-                # A follower hands its writes to the leader: the consecutive ones in one call.
-                end = done + 1
-                while end < count and run[end][1].is_write:
-                    end += 1
-                replies.extend(self._forward([item[0] for item in run[done:end]], ctx))
-                done = end
+        before = len(replies)
+        rest = None
+        wrote = False
+        with store.lock:
+            # Read under the lock: the role cannot change between this test
+            # and a write's record reaching the sinks.
+            forwarder = self.forwarder
+            data_limit = self._data_limit
+            ctx.now_ms = self.clock.wall_ms()
+            for request, spec, args in run:
+                if forwarder is not None and spec.is_write:
+                    rest = run[len(replies) - before:]  # each command run so far added one reply
+                    break
+                if store.used_bytes >= data_limit and spec.denies_oom:
+                    # Checked where writes execute: on a cluster's leader,
+                    # so writes forwarded to it get the same answer.
+                    append(self._oom_reply)
+                    continue
+                try:
+                    reply = spec.handler(store, ctx, *args)
+                except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
+                    reply = error_reply(exc)
+                if spec.is_write:
+                    wrote = True
+                append(reply)
+            # The records of the whole hold are numbered at its end, in the
+            # order the store noted them: nothing outside the lock can tell
+            # the difference from numbering them one by one.
+            if store.effects:
+                self._publish()
+            if wrote:
+                # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
+                # confirmed like one: its answer rests on every record so far.
+                ctx.write_seq = self.seq
+            ctx.wait_seq = self.seq
+        if rest:
+            writes = 1
+            while writes < len(rest) and rest[writes][1].is_write:
+                writes += 1
+            replies.extend(self._forward([item[0] for item in rest[:writes]], ctx))
+            if writes < len(rest):
+                self._run_locked(rest[writes:], ctx, replies)
 
-    def _confirm_reads(self, run: list, start: int, ctx: Context) -> None:
-        """Pass the read barrier for the reads of run[start:] that need it; on failure, they get the error.
+    def _confirm_reads(self, run: list, ctx: Context) -> None:
+        """Pass the read barrier for the reads of `run` that need it; on failure, they get the error.
 
         A linearizable read needs it always; any read does while the store
         lacks the connection's last forwarded write. Taken after every
@@ -309,8 +308,7 @@ class Engine:
         default = self.consistent_by_default
         behind = ctx.read_floor > self.seq
         reads, consistent = [], 0
-        for i in range(start, len(run)):
-            request, spec, _ = run[i]
+        for i, (request, spec, _) in enumerate(run):
             if spec.is_read:
                 wanted = request.get(CONSISTENT)
                 if wanted or (wanted is None and default):

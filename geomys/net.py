@@ -165,11 +165,11 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 # The records these replies depend on may never become safe
                 # (e.g. leadership was lost): confirm none of them.
                 pending[:] = [protocol.error_reply(exc)] * len(pending)
-        pack, send = self.packer.pack, self.request.sendall
         if len(pending) == 1:  # a read of one request, the commonest case without pipelining
             reply = pending.pop()
-            send(OK_BYTES if reply is OK else pack(reply))
+            self.request.sendall(OK_BYTES if reply is OK else self.packer.pack(reply))
             return
+        pack, send = self.packer.pack, self.request.sendall
         # Packed and sent a slice at a time: a client that pipelines many
         # reads of a big value and never reads the answers blocks this
         # thread in sendall instead of growing the server's memory.

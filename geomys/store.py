@@ -126,6 +126,13 @@ class Store:
         if self.record_effects:
             self.effects.append(("SET", key, value, expire_at_ms))
 
+    def add(self, key, value: Value, expire_at_ms: Optional[int], now_ms: int) -> bool:
+        """Store a string at `key` unless a live entry is there (SET); return whether it did."""
+        if key in self._data and self.get(key, now_ms) is not None:
+            return False
+        self.put(key, value, expire_at_ms)
+        return True
+
     def push(self, key, value: Value) -> int:
         """Append `value` at the rear of the list at `key` (created if absent); return its length."""
         items = self._data.get(key)

@@ -8,9 +8,9 @@ from .table import DENYOOM, OK, WRITE, CommandSpec, Field, to_key, to_str, to_tt
 
 def set_(store, ctx, key, value, ttl_ms):
     """SET key value [exp] -> OK. Never overwrites: an existing key is KEY_EXISTS."""
-    if store.get(key, ctx.now_ms) is not None:
+    now_ms = ctx.now_ms
+    if not store.add(key, value, None if ttl_ms is None else now_ms + ttl_ms, now_ms):
         raise KeyExists("key %s already exists" % describe_key(key))
-    store.put(key, value, None if ttl_ms is None else ctx.now_ms + ttl_ms)
     return OK
 
 
