@@ -92,7 +92,9 @@ class ClientHandler(socketserver.BaseRequestHandler):
         sock, ctx, engine = self.request, self.ctx, self.server.engine
         execute_batch, pending = engine.execute_batch, self.pending
         max_bytes = self.server.max_request_bytes
+        limit = max_bytes if ctx.authenticated else min(max_bytes, PREAUTH_MAX_REQUEST_BYTES)
         unpacker = protocol.new_unpacker(max_bytes)
+        tell = unpacker.tell
         fed = 0    # bytes fed to the unpacker so far
         start = 0  # stream offset where the request being decoded began
         while True:
@@ -100,20 +102,18 @@ class ClientHandler(socketserver.BaseRequestHandler):
             if not data:
                 return
             odd_run = 0
-            rest = data
-            while rest:
+            while data:
                 # The limit is per request: feed at most `limit` bytes counted
                 # from the start of the unfinished request, decode every whole
                 # request, then go on. Many small pipelined requests arriving in
                 # one read are thus never mistaken for one over the limit, and a
                 # request over it is caught even if it trickles in.
-                limit = max_bytes if ctx.authenticated else min(max_bytes, PREAUTH_MAX_REQUEST_BYTES)
                 room = limit - (fed - start)
-                if len(rest) <= room:  # the usual case: all of it fits
-                    chunk, rest = rest, None
+                if len(data) <= room:  # the usual case: all of it fits
+                    chunk, data = data, None
                 else:
-                    rest = memoryview(rest)  # slices of a view copy nothing
-                    chunk, rest = rest[:room], rest[room:]
+                    data = memoryview(data)  # slices of a view copy nothing
+                    chunk, data = data[:room], data[room:]
                 try:
                     if not chunk:
                         raise protocol.msgpack.BufferFull
@@ -126,7 +126,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 requests = []
                 try:
                     for request in unpacker:
-                        start = unpacker.tell()
+                        start = tell()
                         if type(request) is dict:
                             odd_run = 0
                         else:
@@ -151,6 +151,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
                     self._close_with(protocol.not_msgpack_reply())
                     return
                 execute_batch(requests, ctx, pending)
+                if limit != max_bytes and ctx.authenticated:  # this read's AUTH lifted the limit
+                    limit = max_bytes
             self._flush()
 
     def _flush(self) -> None:

@@ -128,9 +128,19 @@ class Store:
 
     def add(self, key, value: Value, expire_at_ms: Optional[int], now_ms: int) -> bool:
         """Store a string at `key` unless a live entry is there (SET); return whether it did."""
-        if key in self._data and self.get(key, now_ms) is not None:
-            return False
-        self.put(key, value, expire_at_ms)
+        data = self._data
+        if key in data or expire_at_ms is not None:
+            if self.get(key, now_ms) is not None:
+                return False
+            self.put(key, value, expire_at_ms)
+            return True
+        # A new key without a TTL, SET's usual case, is put's first branch
+        # written out: no old entry to discount, no TTL to add or drop.
+        self.changes += 1
+        data[key] = value
+        self.used_bytes += len(key) + len(value) + STRING_ENTRY_OVERHEAD
+        if self.record_effects:
+            self.effects.append(("SET", key, value, None))
         return True
 
     def push(self, key, value: Value) -> int:

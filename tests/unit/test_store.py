@@ -35,6 +35,25 @@ def test_put_replaces_a_value_and_drops_its_old_ttl(store):
     assert store.expire_at("k") is None
 
 
+@pytest.mark.parametrize("ttl", [None, 5000])
+def test_add_stores_a_new_key_as_put_would(ttl):
+    added, put = Store(), Store()
+    for store in (added, put):
+        store.record_effects = True
+    assert added.add("k", "value", None if ttl is None else NOW + ttl, NOW) is True
+    put.put("k", "value", None if ttl is None else NOW + ttl)
+    assert state(added) == state(put)
+    assert (added.used_bytes, added.changes, added.effects) == (put.used_bytes, put.changes, put.effects)
+
+
+def test_add_leaves_a_live_key_alone_and_replaces_an_expired_one(store):
+    store.put("live", "old")
+    store.put("dead", "old", NOW - 1)
+    assert store.add("live", "new", None, NOW) is False
+    assert store.add("dead", "new", None, NOW) is True
+    assert (store.get("live", NOW), store.get("dead", NOW), store.expire_at("dead")) == ("old", "new", None)
+
+
 def test_push_appends_at_the_rear_and_returns_the_length(store):
     assert store.push("l", "a") == 1
     assert store.push("l", "b") == 2
