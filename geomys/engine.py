@@ -203,7 +203,8 @@ class Engine:
             return
         ctx.commands += len(requests)
         plain = PLAIN.get if ctx.authenticated else _NOTHING.get
-        run: list = []  # (request, spec, args) of plain commands, in order
+        store = self.store
+        run: list = []  # (request, spec, args) of plain commands, in order; args begin with store and ctx
         for request in requests:
             # The common case: a map naming a plain command as the table
             # spells it, from a client allowed to run it.
@@ -215,7 +216,7 @@ class Engine:
                 try:
                     spec = self._resolve(request, ctx)
                 except Exception as exc:  # a GeomysError, or a bug: one error reply either way
-                    run.append((request, READY, (error_reply(exc),)))
+                    run.append((request, READY, (store, ctx, error_reply(exc))))
                     continue
                 if not spec.is_plain:  # no lock, or blocking: alone, after the run before it
                     if run:
@@ -225,9 +226,9 @@ class Engine:
                     plain = PLAIN.get if ctx.authenticated else _NOTHING.get  # it may have been AUTH
                     continue
             try:
-                run.append((request, spec, spec.parse(request)))
+                run.append((request, spec, spec.parse(request, store, ctx)))
             except Exception as exc:
-                run.append((request, READY, (error_reply(exc),)))
+                run.append((request, READY, (store, ctx, error_reply(exc))))
         if run:
             self._run_locked(run, ctx, replies)
 
@@ -273,7 +274,7 @@ class Engine:
                     append(self._oom_reply)
                     continue
                 try:
-                    reply = spec.handler(store, ctx, *args)
+                    reply = spec.handler(*args)
                 except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
                     reply = error_reply(exc)
                 if spec.is_write:
@@ -323,15 +324,15 @@ class Engine:
         except GeomysError as exc:
             failed = error_reply(exc)
             for i in reads:
-                run[i] = (run[i][0], READY, (failed,))
+                run[i] = (run[i][0], READY, (self.store, ctx, failed))
 
     def _run_special(self, request: dict, spec, ctx: Context) -> dict:
         """Run a command that takes no lock (PING, AUTH, INFO...) or blocks (BLPOP, BRPOP)."""
         try:
-            args = spec.parse(request)
+            args = spec.parse(request, self.store, ctx)
             if spec.is_blocking:
                 return self._execute_blocking(spec, args, ctx, request)
-            return spec.handler(self.store, ctx, *args)
+            return spec.handler(*args)
         except GeomysError as exc:
             return error_reply(exc)
         except ClientGone:
@@ -374,7 +375,7 @@ class Engine:
         A node that is (or becomes, while the client waits) a cluster follower
         hands the wait to its leader instead, so only the leader ever pops.
         """
-        key, timeout = args[0], args[-1]
+        key, timeout = args[2], args[-1]
         ctx.before_block()  # earlier pipelined replies must not wait behind this one
         store, clock = self.store, self.clock
         deadline = clock.monotonic() + timeout if timeout else None
@@ -385,7 +386,7 @@ class Engine:
                     while self.forwarder is None:
                         if store.is_first_waiter(key, waiter):
                             ctx.now_ms = clock.wall_ms()
-                            result = spec.handler(store, ctx, *args)
+                            result = spec.handler(*args)
                             if result is not None:
                                 return result
                         wait_for = LIVENESS_CHECK_SECONDS

@@ -4,6 +4,7 @@
     python scripts/count_bytecodes.py                    # SET and GET, pipeline 1 and 16
     python scripts/count_bytecodes.py --by-function      # and where Geomys's bytecodes go
     python scripts/count_bytecodes.py --source /tmp/geomys-old   # the geomys package of another checkout
+    python scripts/count_bytecodes.py --time             # and µs per request in-process, untraced
 
 Runs each server's real connection loop (geomys.net.ClientHandler, the
 baseline's Handler) in this process, fed by a stand-in socket that hands over
@@ -18,6 +19,7 @@ C work (decoding, dict lookups) is not counted.
 import argparse
 import collections
 import sys
+import time
 from pathlib import Path
 
 import msgpack
@@ -120,15 +122,30 @@ def count(serve, chunks: list[bytes]) -> tuple[int, int, collections.Counter]:
     return sum(per_function.values()) - own, calls - stand_in_calls, per_function
 
 
+def best_time(serve, test: str, pipeline: int, runs: int = 7) -> float:
+    """µs per request of `serve` run untraced, the fastest of `runs` runs (warm caches, one thread)."""
+    best = float("inf")
+    for run in range(runs):
+        chunks = reads(test, pipeline, 1000 + run)
+        started = time.perf_counter()
+        serve(chunks)
+        best = min(best, time.perf_counter() - started)
+    return best / REQUESTS * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", type=Path, help="checkout whose geomys package is counted (default: this one)")
     parser.add_argument("--by-function", action="store_true", help="also list Geomys's bytecodes per function")
+    parser.add_argument("--time", action="store_true",
+                        help="also time each server's loop in-process, untraced (µs per request, best of 7 runs)")
     args = parser.parse_args()
     if args.source:
         sys.path.insert(0, str(args.source.resolve()))
-    print("| test | pipeline | Geomys bytecodes / request | baseline | Geomys Python calls / request | baseline |")
-    print("|---|---:|---:|---:|---:|---:|")
+    timed = " Geomys µs / request | baseline |" if args.time else ""
+    print("| test | pipeline | Geomys bytecodes / request | baseline | Geomys Python calls / request | baseline |"
+          + timed)
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.time else ""))
     details = []
     for test in ("set", "get"):
         for pipeline in (1, 16):
@@ -137,9 +154,12 @@ def main() -> int:
                 serve(reads(test, pipeline, 100 + run))  # warm: the adaptive interpreter specializes first
                 figures[name] = count(serve, reads(test, pipeline, run))
             (geomys_ops, geomys_calls, by_function), (base_ops, base_calls, _) = figures["Geomys"], figures["baseline"]
-            print("| %s | %d | %.0f | %.0f | %.1f | %.1f |" % (test.upper(), pipeline, geomys_ops / REQUESTS,
-                                                            base_ops / REQUESTS, geomys_calls / REQUESTS,
-                                                            base_calls / REQUESTS))
+            row = "| %s | %d | %.0f | %.0f | %.1f | %.1f |" % (test.upper(), pipeline, geomys_ops / REQUESTS,
+                                                           base_ops / REQUESTS, geomys_calls / REQUESTS,
+                                                           base_calls / REQUESTS)
+            if args.time:
+                row += " %.2f | %.2f |" % tuple(best_time(serve, test, pipeline) for _, serve in servers())
+            print(row)
             details.append((test, pipeline, by_function))
     if args.by_function:
         for test, pipeline, by_function in details:

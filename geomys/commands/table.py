@@ -162,7 +162,7 @@ class CommandSpec:
     is_plain: bool = dataclass_field(init=False, repr=False, compare=False)
     denies_oom: bool = dataclass_field(init=False, repr=False, compare=False)
     is_read: bool = dataclass_field(init=False, repr=False, compare=False)
-    parse: Callable[[dict], tuple] = dataclass_field(init=False, repr=False, compare=False)
+    parse: Callable[[dict, Any, Any], tuple] = dataclass_field(init=False, repr=False, compare=False)
     parse_source: str = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -186,12 +186,13 @@ class CommandSpec:
         return " ".join([self.name.lower()] + [field.word for field in self.fields])
 
 
-def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict], tuple], str]:
+def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict, Any, Any], tuple], str]:
     """Write the spec's parse function from its fields; return it and its source.
 
-    `parse(request)` converts the request map's fields to the handler's
-    arguments (a tuple, one per field), or raises BadRequest naming the
-    field. A field that is missing or nil takes its default, or is an error
+    `parse(request, store, ctx)` returns the handler's whole argument tuple,
+    `(store, ctx, <one value per field>)`, so the engine calls
+    `spec.handler(*args)` without building another; it converts the request
+    map's fields, or raises BadRequest naming the field. A field that is missing or nil takes its default, or is an error
     when required. A read's CONSISTENT field is checked too but is not an
     argument: the engine acts on it.
 
@@ -202,14 +203,14 @@ def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict], tuple], str]:
     goes to the field's converter. `spec.parse_source` shows the result.
     """
     namespace: dict = {"bad_consistent": _bad_consistent}
-    lines = ["def parse(request):", "    get = request.get"]
+    lines = ["def parse(request, store, ctx):", "    get = request.get"]
     if spec.is_read:
         lines += ["    consistent = get(%r)" % CONSISTENT,
                   "    if consistent is not None and consistent is not True and consistent is not False:",
                   "        bad_consistent(consistent)"]
     names = []
     for field in spec.fields:
-        if not field.name.isidentifier() or field.name in ("get", "request", "consistent"):
+        if not field.name.isidentifier() or field.name in ("get", "request", "store", "ctx", "consistent"):
             raise ValueError("%s: field name %r cannot be a variable of parse" % (spec.name, field.name))
         var, read = field.name, "read_%s" % field.name
         namespace[read] = _field_reader(spec.name, field)
@@ -221,7 +222,7 @@ def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict], tuple], str]:
         else:
             lines += ["    if %s is not None:" % var, "        %s = %s(%s)" % (var, read, var)]
         names.append(var)
-    lines.append("    return (%s)" % (names[0] + "," if len(names) == 1 else ", ".join(names)))
+    lines.append("    return (%s)" % ", ".join(["store", "ctx"] + names))
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<parse %s>" % spec.name, "exec"), namespace)
     return namespace["parse"], source

@@ -109,7 +109,7 @@ def waits_forever(request) -> bool:
     if spec is None or not spec.is_blocking:
         return False
     try:
-        return spec.parse(request)[-1] == 0
+        return spec.parse(request, None, None)[-1] == 0
     except GeomysError:
         return False
 

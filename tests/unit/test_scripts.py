@@ -104,6 +104,16 @@ def test_bytecodes_per_request_are_counted_alike_on_every_run_and_leave_the_stan
     assert 0 < base_ops < first[0] and base_calls > 0
 
 
+def test_the_in_process_time_serves_every_request_of_each_run():
+    served = []
+
+    def serve(chunks):
+        served.append(sum(len(chunk) for chunk in chunks))
+
+    assert count_bytecodes.best_time(serve, "get", 16, runs=2) > 0
+    assert served == [sum(map(len, count_bytecodes.reads("get", 16, 1000)))] * 2
+
+
 def test_python_and_native_frames_are_named_by_file_and_function_without_lines():
     assert profile.frame_name("execute (geomys/engine.py:143)") == "engine.py:execute"
     assert profile.frame_name("sem_post (libc.so.6)") == "libc.so.6:sem_post"
