@@ -37,12 +37,10 @@ LOCK_BATCH = 64
 # The data limit when max_memory is 0: an int, which compares faster than infinity.
 NO_LIMIT = sys.maxsize
 
-# The plain commands (run under the store lock, never waiting) by every name
-# the table knows them by: the lookup of an authenticated client's request.
-# Before AUTH, on a server with requirepass, nothing is found there and every
-# request takes the slower path that checks what is allowed.
-PLAIN = {name: spec for name, spec in TABLE.items() if spec.is_plain}
-_NOTHING: dict = {}
+# What a client on a server with requirepass may run before AUTH (PING,
+# AUTH), by every name the table knows them by; anything else it sends takes
+# the slower path that answers AUTH_REQUIRED.
+BEFORE_AUTH = {name: spec for name, spec in TABLE.items() if not spec.needs_auth}
 
 
 def _ready(store, ctx, reply):
@@ -202,33 +200,31 @@ class Engine:
                 self.execute_batch(requests[first:first + LOCK_BATCH], ctx, replies)
             return
         ctx.commands += len(requests)
-        plain = PLAIN.get if ctx.authenticated else _NOTHING.get
+        table = TABLE if ctx.authenticated else BEFORE_AUTH
         store = self.store
         run: list = []  # (request, spec, args) of plain commands, in order; args begin with store and ctx
         for request in requests:
-            # The common case: a map naming a plain command as the table
-            # spells it, from a client allowed to run it.
             try:
-                spec = plain(request["command"])
-            except Exception:  # not a map, no command, or a name no dict can hold
-                spec = None
-            if spec is None:
+                # The common case: a map naming a command as the table spells
+                # it, which this client may run.
+                spec = table[request["command"]]
+            except Exception:  # not a map, no command, another spelling, or not before AUTH
                 try:
                     spec = self._resolve(request, ctx)
                 except Exception as exc:  # a GeomysError, or a bug: one error reply either way
                     run.append((request, READY, (store, ctx, error_reply(exc))))
                     continue
-                if not spec.is_plain:  # no lock, or blocking: alone, after the run before it
-                    if run:
-                        self._run_locked(run, ctx, replies)
-                        run = []
-                    replies.append(self._run_special(request, spec, ctx))
-                    plain = PLAIN.get if ctx.authenticated else _NOTHING.get  # it may have been AUTH
-                    continue
-            try:
-                run.append((request, spec, spec.parse(request, store, ctx)))
-            except Exception as exc:
-                run.append((request, READY, (store, ctx, error_reply(exc))))
+            if spec.is_plain:
+                try:
+                    run.append((request, spec, spec.parse(request, store, ctx)))
+                except Exception as exc:
+                    run.append((request, READY, (store, ctx, error_reply(exc))))
+            else:  # no lock, or blocking: alone, after the run before it
+                if run:
+                    self._run_locked(run, ctx, replies)
+                    run = []
+                replies.append(self._run_special(request, spec, ctx))
+                table = TABLE if ctx.authenticated else BEFORE_AUTH  # it may have been AUTH
         if run:
             self._run_locked(run, ctx, replies)
 
