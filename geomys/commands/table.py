@@ -205,9 +205,10 @@ def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict, Any, Any], tuple]
     namespace: dict = {"bad_consistent": _bad_consistent}
     lines = ["def parse(request, store, ctx):", "    get = request.get"]
     if spec.is_read:
-        lines += ["    consistent = get(%r)" % CONSISTENT,
-                  "    if consistent is not None and consistent is not True and consistent is not False:",
-                  "        bad_consistent(consistent)"]
+        lines += ["    if %r in request:" % CONSISTENT,
+                  "        consistent = request[%r]" % CONSISTENT,
+                  "        if consistent is not None and consistent is not True and consistent is not False:",
+                  "            bad_consistent(consistent)"]
     names = []
     for field in spec.fields:
         if not field.name.isidentifier() or field.name in ("get", "request", "store", "ctx", "consistent"):
