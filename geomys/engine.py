@@ -2,9 +2,10 @@
 
 lookup -> auth -> parse fields -> run the handler under the store lock ->
 number the effects the store noted and hand them to the record sinks (the
-append-only file, replication). Client-handler threads call `execute`; a
-reply is released only after `settle` has waited for the sinks, so no
-client sees a write before it is durable (writethrough) or replicated.
+append-only file, replication). Client-handler threads call
+`execute_batch` with every request of a read; a reply is released only
+after `settle` has waited for the sinks, so no client sees a write before
+it is durable (writethrough) or replicated.
 """
 
 import hmac
@@ -48,8 +49,11 @@ def _ready(store, ctx, reply):
     return reply
 
 
-# Stands in for the spec of a request already answered, so that its reply
-# keeps its place in a run of plain commands.
+# Stands in for the spec of a request already answered (an error found in
+# lookup or parsing), so that its reply keeps its place in a run of plain
+# commands. Flagged NOLOCK so that it is neither a read, a write nor a
+# command refused when memory is full: the read barrier, a follower's
+# forwarding and the OOM check all pass it by.
 READY = CommandSpec("(answered)", _ready, flags=frozenset({NOLOCK}))
 
 # How often a blocked client checks that its connection is still open, so a
@@ -193,7 +197,8 @@ class Engine:
         a pipeline of N requests takes the lock about once, not N times.
         Lookup and argument parsing happen before the lock is taken. Replies
         go into `replies` one by one so that a blocking pop can flush the
-        ones before it. Raises only ClientGone.
+        ones before it. A longer pipeline is taken LOCK_BATCH requests at a
+        time. Raises only ClientGone.
         """
         if len(requests) > LOCK_BATCH:
             for first in range(0, len(requests), LOCK_BATCH):
@@ -253,7 +258,7 @@ class Engine:
         store, append = self.store, replies.append
         before = len(replies)
         rest = None
-        wrote = False
+        wrote = None  # after the hold's last write: how many records the store had noted
         with store.lock:
             # Read under the lock: the role cannot change between this test
             # and a write's record reaching the sinks.
@@ -274,17 +279,20 @@ class Engine:
                 except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection
                     reply = error_reply(exc)
                 if spec.is_write:
-                    wrote = True
+                    wrote = len(store.effects)
                 append(reply)
             # The records of the whole hold are numbered at its end, in the
-            # order the store noted them: nothing outside the lock can tell
-            # the difference from numbering them one by one.
+            # order the store noted them, before the lock is released: the
+            # sinks and any thread the hold woke see the same numbers as if
+            # each had been numbered as it was noted.
+            first = self.seq
             if store.effects:
                 self._publish()
-            if wrote:
+            if wrote is not None:
                 # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
-                # confirmed like one: its answer rests on every record so far.
-                ctx.write_seq = self.seq
+                # confirmed like one: its answer rests on every record up to
+                # it, but not on those of reads after it in the same hold.
+                ctx.write_seq = first + wrote
             ctx.wait_seq = self.seq
         if rest:
             writes = 1

@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
 SEND_SLICE_BYTES = 1024 * 1024
-PACK_GROUP = 16  # replies packed before their sizes are added up
 # A well-formed value that is not a map gets a BAD_REQUEST and the connection
 # stays open; a long run of them in one read is text or noise, not a client
 # speaking MessagePack, and is treated like undecodable bytes.
@@ -146,9 +145,9 @@ class ClientHandler(socketserver.BaseRequestHandler):
                             # Every byte fed is decoded. Asking the unpacker for
                             # more would only raise StopIteration, which msgpack
                             # builds a traceback for: a tenth of a short read's cost.
-                            # (tell() is taken after each whole request: after a
-                            # StopIteration it counts the bytes of a request
-                            # begun but not finished as well.)
+                            # tell() is read here, after each whole request, and
+                            # not once after the loop: after a StopIteration it
+                            # also counts the bytes of an unfinished request.
                             break
                 except protocol.DECODE_ERRORS:
                     execute_batch(requests, ctx, pending)
@@ -178,14 +177,14 @@ class ClientHandler(socketserver.BaseRequestHandler):
         pack, send = self.packer.pack, self.request.sendall
         # Packed and sent a slice at a time: a client that pipelines many
         # reads of a big value and never reads the answers blocks this
-        # thread in sendall instead of growing the server's memory. Packing
-        # a group of replies at a time keeps the per-reply work small and
-        # what is packed before a send to a slice and one group.
+        # thread in sendall instead of growing the server's memory. The size
+        # is checked after every reply, so no more than a slice and one
+        # reply are ever packed and not yet sent.
         out, size = [], 0
-        for first in range(0, len(pending), PACK_GROUP):
-            packed = [OK_BYTES if reply is OK else pack(reply) for reply in pending[first:first + PACK_GROUP]]
-            out += packed
-            size += sum(map(len, packed))
+        for reply in pending:
+            data = OK_BYTES if reply is OK else pack(reply)
+            out.append(data)
+            size += len(data)
             if size >= SEND_SLICE_BYTES:
                 send(b"".join(out))
                 out, size = [], 0

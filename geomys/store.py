@@ -2,7 +2,7 @@
 
 Pure data structure: no sockets, no threads of its own, no encoding. The
 caller holds `store.lock` for every method marked so (the engine does, for
-exactly one command at a time). Every mutation is noted as an *effect
+a run of commands at a time). Every mutation is noted as an *effect
 record* in `store.effects` while `record_effects` is on; the engine hands
 those records to the append-only file and to replication, so what is logged
 is always what happened (a served BLPOP is logged as the LPOP it did).
@@ -129,6 +129,8 @@ class Store:
     def add(self, key, value: Value, expire_at_ms: Optional[int], now_ms: int) -> bool:
         """Store a string at `key` unless a live entry is there (SET); return whether it did."""
         data = self._data
+        # A key with a TTL is always in _data (a TTL is dropped with its key),
+        # so a key not there has no TTL to consider either.
         if key in data or expire_at_ms is not None:
             if self.get(key, now_ms) is not None:
                 return False

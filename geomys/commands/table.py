@@ -189,41 +189,45 @@ class CommandSpec:
 def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict, Any, Any], tuple], str]:
     """Write the spec's parse function from its fields; return it and its source.
 
-    `parse(request, store, ctx)` returns the handler's whole argument tuple,
-    `(store, ctx, <one value per field>)`, so the engine calls
-    `spec.handler(*args)` without building another; it converts the request
-    map's fields, or raises BadRequest naming the field. A field that is missing or nil takes its default, or is an error
-    when required. A read's CONSISTENT field is checked too but is not an
-    argument: the engine acts on it.
+    `parse(request, store, ctx)` converts the request map's fields and
+    returns the handler's whole argument tuple, `(store, ctx, <one value
+    per field>)`, so the engine calls `spec.handler(*args)` without building
+    another. A field that is missing or nil takes its default, or is a
+    BadRequest naming it when required; a value of the wrong kind is a
+    BadRequest naming it. A read's CONSISTENT field is checked too but is
+    not an argument: the engine acts on it.
 
     parse runs for every request, and a loop over the fields would cost
-    several times the checks themselves, so, as dataclasses and namedtuple
-    do, the table writes the checks out as straight-line code once, at
-    import. A str in a key or string field is taken as it is; anything else
-    goes to the field's converter. `spec.parse_source` shows the result.
+    several times the checks themselves. So, as dataclasses and namedtuple
+    do, the table writes the checks out once, at import, as straight-line
+    code: a str in a key or string field is taken as it is, anything else
+    goes to the field's reader (its converter, with the default and the
+    required check). Only the declared field names reach the source, as
+    string literals; the variables are numbered, so no field name can
+    clash with them. `spec.parse_source` holds the source for a reader.
     """
     namespace: dict = {"bad_consistent": _bad_consistent}
-    lines = ["def parse(request, store, ctx):", "    get = request.get"]
+    lines = ["def parse(request, store, ctx):"]
+    if spec.fields:
+        lines.append("    get = request.get")
     if spec.is_read:
         lines += ["    if %r in request:" % CONSISTENT,
                   "        consistent = request[%r]" % CONSISTENT,
                   "        if consistent is not None and consistent is not True and consistent is not False:",
                   "            bad_consistent(consistent)"]
-    names = []
-    for field in spec.fields:
-        if not field.name.isidentifier() or field.name in ("get", "request", "store", "ctx", "consistent"):
-            raise ValueError("%s: field name %r cannot be a variable of parse" % (spec.name, field.name))
-        var, read = field.name, "read_%s" % field.name
+    values = []
+    for i, field in enumerate(spec.fields):
+        value, read = "value%d" % i, "read%d" % i
         namespace[read] = _field_reader(spec.name, field)
-        lines.append("    %s = get(%r)" % (var, field.name))
+        lines.append("    %s = get(%r)" % (value, field.name))
         if field.convert in KEEPS_STR:
-            lines += ["    if type(%s) is not str:" % var, "        %s = %s(%s)" % (var, read, var)]
+            lines += ["    if type(%s) is not str:" % value, "        %s = %s(%s)" % (value, read, value)]
         elif field.required or field.default is not None:
-            lines.append("    %s = %s(%s)" % (var, read, var))
+            lines.append("    %s = %s(%s)" % (value, read, value))
         else:
-            lines += ["    if %s is not None:" % var, "        %s = %s(%s)" % (var, read, var)]
-        names.append(var)
-    lines.append("    return (%s)" % ", ".join(["store", "ctx"] + names))
+            lines += ["    if %s is not None:" % value, "        %s = %s(%s)" % (value, read, value)]
+        values.append(value)
+    lines.append("    return (%s)" % ", ".join(["store", "ctx"] + values))
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<parse %s>" % spec.name, "exec"), namespace)
     return namespace["parse"], source

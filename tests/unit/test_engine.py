@@ -166,6 +166,47 @@ def test_a_read_after_another_clients_write_settles_on_that_write(h, sink):
     assert sink.waited == [1]
 
 
+def test_a_write_is_confirmed_on_the_records_up_to_it_not_on_those_of_reads_after_it(h, sink):
+    h.ok("SET", key="old", value="v", exp=1)
+    h.clock.advance(0.01)
+    replies = []
+    h.engine.execute_batch([{"command": "SET", "key": "new", "value": "v"},
+                            {"command": "GET", "key": "old"}], h.ctx, replies)
+    assert sink.records[-2:] == [("SET", "new", "v", None), ("DEL", "old")]
+    assert (h.ctx.write_seq, h.ctx.wait_seq) == (2, 3)
+
+
+def test_a_request_refused_before_the_lock_keeps_its_place_among_the_replies(h):
+    replies = []
+    h.engine.execute_batch([{"command": "SET", "key": "a", "value": "1"},
+                            {"command": "SET", "key": "b"},
+                            {"command": "NOPE"},
+                            {"command": "GET", "key": "a"}], h.ctx, replies)
+    assert replies[0] == {"status": "OK"} and replies[3] == {"status": "OK", "value": "1"}
+    assert_error(replies[1], "BAD_REQUEST", "value")
+    assert_error(replies[2], "UNKNOWN_COMMAND", "NOPE")
+
+
+def test_a_follower_forwards_each_run_of_writes_and_runs_the_reads_between_them_in_order(h):
+    h.ok("SET", key="r", value="here")
+    forwarded = []
+
+    def forwarder(requests, ctx):
+        forwarded.append([request["key"] for request in requests])
+        return [{"status": "OK", "value": "from the leader"}] * len(requests)
+
+    h.engine.forwarder = forwarder
+    requests = [{"command": "SET", "key": "w1", "value": "v"}, {"command": "GET", "key": "r"},
+                {"command": "INCR", "key": "w2"}, {"command": "SET", "key": "w3", "value": "v"},
+                {"command": "GET", "key": "r"}, {"command": "SET", "key": "w4"}]
+    replies = []
+    h.engine.execute_batch(requests, h.ctx, replies)
+    assert forwarded == [["w1"], ["w2", "w3"]]
+    assert [reply.get("value") for reply in replies[:5]] == ["from the leader", "here", "from the leader",
+                                                             "from the leader", "here"]
+    assert_error(replies[5], "BAD_REQUEST", "value")  # refused here, never forwarded
+
+
 def test_password_check_compares_exactly(h):
     locked = Harness(requirepass="pw")
     assert locked.engine.check_password("pw")

@@ -248,3 +248,44 @@ def test_hostile_encodings_decode_to_values_or_a_declared_error_and_never_fault_
     whole = decode(data)
     assert same_outcome(decode(data, cuts), whole)
     execute_all(fuzz_harness(None), [v for v in whole[0] if not waits_forever(v)])
+
+
+# -- the generated parse against the rules written as a loop ------------------------------
+
+def reference_parse(spec, request: dict) -> tuple:
+    """What a spec's parse must return for `request`, written as a plain loop over its fields."""
+    consistent = request.get("consistent")
+    if spec.is_read and consistent is not None and type(consistent) is not bool:
+        raise GeomysError("consistent")
+    args = ["store", "ctx"]
+    for field in spec.fields:
+        raw = request.get(field.name)
+        if raw is None:
+            if field.required:
+                raise GeomysError(field.name)
+            args.append(field.default)
+        else:
+            args.append(field.convert(raw, field.name))
+    return tuple(args)
+
+
+def outcome(parse, request):
+    """('ok', args) or ('error', the field the BadRequest names)."""
+    try:
+        return "ok", parse(request)
+    except GeomysError as exc:
+        field = next((f for f in ["consistent", *PLAUSIBLE] if "'%s'" % f in exc.message or f == exc.message), None)
+        return "error", field
+
+
+@FUZZ
+@given(st.sampled_from(sorted({spec.name: spec for spec in TABLE.values()}.values(), key=lambda s: s.name)),
+       REQUESTS, st.sampled_from([None, True, False, "yes", 1]))
+def test_each_generated_parse_returns_what_the_fields_rules_say(spec, request, consistent):
+    if consistent is not None:
+        request = dict(request, consistent=consistent)
+    generated = outcome(lambda r: spec.parse(r, "store", "ctx"), request)
+    expected = outcome(lambda r: reference_parse(spec, r), request)
+    assert generated == expected, spec.parse_source
+    if generated[0] == "error":
+        assert generated[1] is not None

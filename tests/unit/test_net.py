@@ -1,0 +1,58 @@
+"""Unit tests of the connection loop (geomys.net.ClientHandler) fed by a stand-in socket: no network, no threads."""
+
+import msgpack
+
+from geomys import net
+from geomys.clock import SystemClock
+from geomys.engine import Context, Engine
+from geomys.store import Store
+
+
+class StandInSocket:
+    """Hands over the given reads one per recv, then end of stream; records every sendall."""
+
+    def __init__(self, reads: list) -> None:
+        self.reads = iter(reads)
+        self.sent: list[bytes] = []
+
+    def setsockopt(self, *args) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        return next(self.reads, b"")
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+class StandInServer:
+    tls = None
+    max_request_bytes = 64 * 1024 * 1024
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+
+def serve(engine: Engine, reads: list) -> StandInSocket:
+    """Run one connection's loop over `reads`; return the socket with what was sent."""
+    sock = StandInSocket(reads)
+    handler = object.__new__(net.ClientHandler)
+    handler.request, handler.client_address, handler.server = sock, ("127.0.0.1", 1), StandInServer(engine)
+    handler.setup()
+    handler._serve()
+    return sock
+
+
+def test_replies_to_a_pipeline_of_big_reads_go_out_a_slice_at_a_time():
+    engine = Engine(Store(), SystemClock())
+    value = "x" * (300 * 1024)
+    engine.execute({"command": "SET", "key": "big", "value": value}, Context(engine))
+    one_reply = len(msgpack.packb({"status": "OK", "value": value}))
+    pipeline = b"".join(msgpack.packb({"command": "GET", "key": "big"}) for _ in range(20))
+    sock = serve(engine, [pipeline])
+    assert len(sock.sent) > 1
+    assert all(len(data) < net.SEND_SLICE_BYTES + one_reply for data in sock.sent)
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 * 1024 * 1024)
+    unpacker.feed(b"".join(sock.sent))
+    replies = list(unpacker)
+    assert replies == [{"status": "OK", "value": value}] * 20
