@@ -365,9 +365,11 @@ class ClusterNode:
         """Whether a reply resting on entry `seq` was computed on a store a snapshot has replaced since.
 
         Every reply computed after the latest snapshot rests on its seq or a
-        later one, so one below it came before; it is safe only if `seq` was
-        committed when the store was replaced (entries up to the commit point
-        are the same in every store).
+        later one, so one below it came before. It is safe only if `seq` was
+        committed whenever a snapshot replaced the store since (entries up to
+        the commit point are the same in every store). The lowest commit point
+        any snapshot replaced the store at is kept: it may refuse a safe
+        reply, never pass a dirty one.
         """
         return self._replaced_commit < seq < self._replaced_seq
 
