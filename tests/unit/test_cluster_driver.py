@@ -15,6 +15,7 @@ import pytest
 
 from geomys.cluster.core import Append
 from geomys.errors import NoLeader
+from tests.helpers import wait_until
 from tests.inmem import FAILURE_TIMEOUT, HEARTBEAT, RPC_TIMEOUT, run, three_nodes
 
 
@@ -222,10 +223,9 @@ def test_a_reply_waiting_while_a_snapshot_replaces_the_store_fails_even_if_the_c
 
     thread = threading.Thread(target=settle, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not old._waiters and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert old._waiters, "the reply did not wait for a commit"
+    wait_until(lambda: old._waiters or not thread.is_alive(), timeout=5, interval=0.001,
+               message="the reply to wait for a commit")
+    assert old._waiters, "the reply did not wait for a commit: %s" % result
     with old.lock:                                     # the waiter, once woken, queues for this lock
         net.cut.clear()
         net.tick_all(HEARTBEAT / 2)                    # node 2's Append: node 1 takes its snapshot
