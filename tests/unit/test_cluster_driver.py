@@ -13,7 +13,9 @@ import time
 
 import pytest
 
+from geomys.cluster.core import Append
 from geomys.errors import NoLeader
+from tests.helpers import wait_until
 from tests.inmem import FAILURE_TIMEOUT, HEARTBEAT, RPC_TIMEOUT, run, three_nodes
 
 
@@ -157,3 +159,83 @@ def test_a_linearizable_read_on_a_deposed_leader_fails_rather_than_answer_stale(
     deliver_until_done(net, thread)
     assert result["reply"] == {"status": "OK", "value": "2"} or result["reply"]["code"] == "NO_LEADER"
     assert not old.core.is_leader
+
+
+def cut_off_leader_with_unconfirmed_incrs(incrs: int):
+    """Node 1 leads, is cut off and INCRs c `incrs` times alone; nodes 2 and 3 elect node 2 (node 1 still a member)."""
+    net = three_nodes()
+    old, new = net.nodes[1], net.nodes[2]
+    net.cut |= {frozenset((1, 2)), frozenset((1, 3))}
+    for _ in range(incrs):
+        run(old, "INCR", key="c")                    # never reaches a majority
+    for _ in range(int(FAILURE_TIMEOUT / HEARTBEAT * 6)):
+        if new.core.is_leader:
+            break
+        net.tick_all(HEARTBEAT / 2)
+    assert new.core.is_leader and 1 in new.core.members
+    return net, old, new
+
+
+def write_and_commit(net, node, count: int) -> None:
+    """Acknowledge `count` SETs on the leader `node`."""
+    for i in range(count):
+        _, ctx = run(node, "SET", key="k%d" % i, value="v")
+        net.deliver()
+        net.tick_all()
+        node.engine.settle(ctx)
+
+
+def test_a_read_computed_before_a_snapshot_replaced_the_store_is_not_answered_after_it():
+    # The reply waits (settle) only after the snapshot is in and the commit point has passed
+    # the read's seq: that commit point numbers the new leader's entries, not the INCR the read showed.
+    net, old, new = cut_off_leader_with_unconfirmed_incrs(1)
+    read, read_ctx = run(old, "GET", key="c")
+    assert read == {"status": "OK", "value": "1"}       # the unconfirmed INCR, computed, not yet sent
+    write_and_commit(net, new, 3)                       # node 2's log now runs past node 1's store
+    net.cut.clear()
+    for _ in range(int(FAILURE_TIMEOUT / HEARTBEAT * 2)):
+        net.tick_all(HEARTBEAT / 2)
+    assert old.stats["syncs_full_received"] >= 1 and old.engine.store.peek("c") is None
+    assert old.core.commit >= read_ctx.wait_seq
+    with pytest.raises(NoLeader):
+        old.engine.settle(read_ctx)
+
+
+def test_a_reply_waiting_while_a_snapshot_replaces_the_store_fails_even_if_the_commit_point_passes_it():
+    # The waiting reply is woken by the snapshot but gets the lock only after the new
+    # leader's commit point has passed its seq (a busy machine schedules it late).
+    net, old, new = cut_off_leader_with_unconfirmed_incrs(5)
+    # Node 1 follows node 2 from a heartbeat that matches its committed entries only,
+    # so its reads wait for a commit instead of failing at once.
+    commit = old.core.commit
+    old.receive([Append(2, new.core.term, commit, old.core.log.term_at(commit), (), 0)])
+    assert old.core.leader_id == 2 and old.core.leader_alive(net.clock.monotonic())
+    read, read_ctx = run(old, "GET", key="c")
+    assert read == {"status": "OK", "value": "5"}
+    result = {}
+
+    def settle():
+        try:
+            old.engine.settle(read_ctx)
+            result["outcome"] = "answered"
+        except NoLeader:
+            result["outcome"] = "NO_LEADER"
+
+    thread = threading.Thread(target=settle, daemon=True)
+    thread.start()
+    wait_until(lambda: old._waiters or not thread.is_alive(), timeout=5, interval=0.001,
+               message="the reply to wait for a commit")
+    assert old._waiters, "the reply did not wait for a commit: %s" % result
+    with old.lock:                                     # the waiter, once woken, queues for this lock
+        net.cut.clear()
+        net.tick_all(HEARTBEAT / 2)                    # node 2's Append: node 1 takes its snapshot
+        assert old.stats["syncs_full_received"] == 1
+        assert old.engine.seq < read_ctx.wait_seq      # the snapshot is shorter than the old store
+        write_and_commit(net, new, read_ctx.wait_seq - new.engine.seq + 1)
+        for _ in range(4):                             # node 2's next heartbeats bring node 1 its commit point
+            if old.core.commit >= read_ctx.wait_seq:
+                break
+            net.tick_all(HEARTBEAT / 2)
+        assert old.core.commit >= read_ctx.wait_seq
+    thread.join(5)
+    assert result == {"outcome": "NO_LEADER"}
