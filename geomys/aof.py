@@ -384,7 +384,7 @@ class AppendOnlyFile:
             if self._flusher_idle:  # a busy flusher checks the buffer again before it waits
                 self._work.notify()
 
-    def wait(self, seq: int, write_seq: int = 0) -> None:
+    def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         """Return once record `seq` may be revealed to a client (call without the store lock).
 
         A write and a read wait alike here (`write_seq` <= `seq`): both must not
@@ -393,6 +393,7 @@ class AppendOnlyFile:
         writethrough: once it is written and fsync'd. buffered: at once, except
         during shutdown, when a record too late for the final flush must not be
         acknowledged. Raises InternalError when the record will never be on disk.
+        `snapshots` concerns a cluster node only (ClusterNode.wait).
         """
         if seq <= self._durable_seq:
             return

@@ -67,12 +67,14 @@ class RecordSink(Protocol):
     def append(self, seq: int, record: tuple) -> None:
         """Take record number `seq`. Caller holds store.lock, so calls arrive in order."""
 
-    def wait(self, seq: int, write_seq: int = 0) -> None:
+    def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         """Block until record `seq` is safe to reveal; raise GeomysError if it never will be.
 
         `write_seq` is the newest record the connection's own writes produced
         (0 if none): a sink may treat confirming a write more strictly than
-        showing data, as a cluster follower does.
+        showing data, as a cluster follower does. `snapshots` is
+        Engine.snapshots when the oldest of the replies was computed: a
+        cluster node refuses replies computed on a store replaced since.
         """
 
 
@@ -83,8 +85,8 @@ class ClientGone(Exception):
 class Context:
     """Per-connection state the engine reads and updates."""
 
-    __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "write_seq", "commands", "before_block",
-                 "is_connected", "address", "forwarded", "read_floor")
+    __slots__ = ("engine", "authenticated", "now_ms", "wait_seq", "write_seq", "snapshots", "commands",
+                 "before_block", "is_connected", "address", "forwarded", "read_floor")
 
     def __init__(self, engine: "Engine", address: str = "",
                  before_block: Callable[[], None] = lambda: None,
@@ -94,6 +96,7 @@ class Context:
         self.now_ms = 0
         self.wait_seq = 0          # newest record this connection's replies may reveal
         self.write_seq = 0         # newest record its own writes produced
+        self.snapshots = -1        # Engine.snapshots at its oldest reply not yet settled; -1: none
         self.commands = 0
         self.before_block = before_block
         self.is_connected = is_connected
@@ -110,6 +113,10 @@ class Engine:
         self.clock = clock
         self.requirepass = requirepass or None
         self.seq = 0                          # index of the last effect record (under store.lock)
+        # How many times a snapshot has replaced the keyspace (under store.lock).
+        # Record numbers restart from the snapshot's: a reply computed before
+        # it may rest on records the new numbering gives to other entries.
+        self.snapshots = 0
         # Read without the lock by connection handlers, which skip settle while it is empty.
         self.sinks: list[RecordSink] = []
         self._info_sources: list[Callable[[], dict]] = []
@@ -294,6 +301,8 @@ class Engine:
                 # it, but not on those of reads after it in the same hold.
                 ctx.write_seq = first + wrote
             ctx.wait_seq = self.seq
+            if ctx.snapshots < 0:
+                ctx.snapshots = self.snapshots
         if rest:
             writes = 1
             while writes < len(rest) and rest[writes][1].is_write:
@@ -411,6 +420,8 @@ class Engine:
                         self._publish()
                         ctx.write_seq = self.seq
                     ctx.wait_seq = self.seq
+                    if ctx.snapshots < 0:
+                        ctx.snapshots = self.snapshots
         if deadline is not None:
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
@@ -447,6 +458,7 @@ class Engine:
         this node's AOF describes the new state.
         """
         self.store.replace_contents(contents)
+        self.snapshots += 1
         for sink in self.sinks:
             sink.append(seq, ("FLUSHDB",))
             for record in snapshot_records:
@@ -461,8 +473,11 @@ class Engine:
         leadership is lost, while the AOF would wait for numbering that a
         snapshot install may have moved back.
         """
-        for sink in reversed(self.sinks):
-            sink.wait(ctx.wait_seq, ctx.write_seq)
+        try:
+            for sink in reversed(self.sinks):
+                sink.wait(ctx.wait_seq, ctx.write_seq, ctx.snapshots)
+        finally:
+            ctx.snapshots = -1  # settled, or answered with the error: none pending
 
     # -- services for server commands -------------------------------------------
 

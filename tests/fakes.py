@@ -61,7 +61,7 @@ class RecordingSink:
     def append(self, seq: int, record: tuple) -> None:
         self.appended.append((seq, record))
 
-    def wait(self, seq: int, write_seq: int = 0) -> None:
+    def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         self.waited.append(seq)
 
     @property

@@ -96,12 +96,6 @@ class ClusterNode:
         self._reads: dict[int, list] = {}
         self._read_ids = itertools.count(1)
         self.leadership = 0        # bumped whenever this node stops leading
-        self.store_generation = 0  # bumped whenever a snapshot replaces the store
-        # A snapshot reuses the seqs of the store it replaces, whose entries past the
-        # commit point may be ones the cluster discarded: the seq the latest snapshot
-        # put the store at, and the lowest commit point any snapshot replaced it at.
-        self._replaced_seq = 0
-        self._replaced_commit = float("inf")
         self.stats = {"syncs_full_served": 0, "syncs_full_received": 0, "read_index_reads": 0}
         self.batcher = ForwardBatcher(self._forward_call)
         self._forward_slots = threading.BoundedSemaphore(32)
@@ -322,27 +316,31 @@ class ClusterNode:
         members = rules.members_from_record(record) if record[0] == "MEMBERS" else None
         self._run(core.propose(records.pack(record), members))
 
-    def wait(self, seq: int, write_seq: int = 0) -> None:
+    def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         """Block until entry `seq` is committed, so no reply shows a write that may never commit.
 
         On the leader a reply waits for a majority; if leadership is lost
         meanwhile it fails with NO_LEADER. A node whose store holds entries
         not yet committed (a leader that stepped down) answers only once they
         are, or fails after failure_timeout. A reply computed on a store that
-        a snapshot has replaced since fails at once, whatever the commit point
-        says: the commit point now numbers the entries of the new store, and
-        the old one may have held others at the same seqs.
+        a snapshot has replaced since (`snapshots`, the engine's count when
+        the reply was computed, is behind) fails at once, whatever the commit
+        point says: the commit point now numbers the entries of the new
+        store, and the old one may have held others at the same seqs.
         """
-        core = self.core
-        if core.commit >= seq and not self._computed_before_replacement(seq):
+        core, engine = self.core, self.engine
+        # The commit point first, the count of snapshots after it: a count
+        # unchanged after the commit point was read means it was the old
+        # store's commit point, which the reply's entries may rely on.
+        if core.commit >= seq and engine.snapshots == snapshots:
             return
         with self.lock:
-            leadership, generation = self.leadership, self.store_generation
+            leadership = self.leadership
         deadline = self.now() + self.config.failure_timeout
         while True:
             with self.lock:
                 # Before the commit point: a snapshot may have moved it onto other entries.
-                if self.store_generation != generation or self._computed_before_replacement(seq):
+                if engine.snapshots != snapshots:
                     raise NoLeader("a snapshot replaced this node's data before the reply could be confirmed; "
                                    "a write's outcome is unknown; try again shortly")
                 if core.commit >= seq:
@@ -360,18 +358,6 @@ class ClusterNode:
                     raise NoLeader("this node holds writes the cluster has not confirmed; try again shortly")
                 gate = self._gate(seq)
             gate.acquire(timeout=remaining)
-
-    def _computed_before_replacement(self, seq: int) -> bool:
-        """Whether a reply resting on entry `seq` was computed on a store a snapshot has replaced since.
-
-        Every reply computed after the latest snapshot rests on its seq or a
-        later one, so one below it came before. It is safe only if `seq` was
-        committed whenever a snapshot replaced the store since (entries up to
-        the commit point are the same in every store). The lowest commit point
-        any snapshot replaced the store at is kept: it may refuse a safe
-        reply, never pass a dirty one.
-        """
-        return self._replaced_commit < seq < self._replaced_seq
 
     def _gate(self, seq: int) -> threading.Lock:
         """A held lock that the commit of entry `seq` (or a role change) releases (caller holds the lock)."""
@@ -564,14 +550,11 @@ class ClusterNode:
                 for data in chunk.records:
                     records.apply(incoming, records.unpack(data))
             with self.lock:
-                self._replaced_commit = min(self._replaced_commit, self.core.commit)
-                self._replaced_seq = head.snapshot_seq
                 self._applying = True
                 try:
                     self.engine.install_snapshot(incoming, head.snapshot_seq, incoming.snapshot())
                 finally:
                     self._applying = False
-                self.store_generation += 1
                 self._wake_all()
                 self.stats["syncs_full_received"] += 1
                 members = {n.node_id: node_from_pb(n) for n in head.members}

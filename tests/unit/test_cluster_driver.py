@@ -201,6 +201,27 @@ def test_a_read_computed_before_a_snapshot_replaced_the_store_is_not_answered_af
         old.engine.settle(read_ctx)
 
 
+def test_a_read_computed_on_a_store_longer_than_the_snapshot_that_replaced_it_is_not_answered_after_it():
+    # The old store ran past the seq the snapshot put the store at: the read's seq is
+    # above the snapshot's, and the new leader's commit point passes it only later.
+    net, old, new = cut_off_leader_with_unconfirmed_incrs(5)
+    read, read_ctx = run(old, "GET", key="c")
+    assert read == {"status": "OK", "value": "5"}
+    write_and_commit(net, new, 1)
+    net.cut.clear()
+    for _ in range(int(FAILURE_TIMEOUT / HEARTBEAT * 2)):
+        net.tick_all(HEARTBEAT / 2)
+    assert old.stats["syncs_full_received"] >= 1 and old.engine.seq < read_ctx.wait_seq
+    write_and_commit(net, new, read_ctx.wait_seq - new.engine.seq + 1)
+    for _ in range(4):
+        if old.core.commit >= read_ctx.wait_seq:
+            break
+        net.tick_all(HEARTBEAT / 2)
+    assert old.core.commit >= read_ctx.wait_seq
+    with pytest.raises(NoLeader):
+        old.engine.settle(read_ctx)
+
+
 def test_a_reply_waiting_while_a_snapshot_replaces_the_store_fails_even_if_the_commit_point_passes_it():
     # The waiting reply is woken by the snapshot but gets the lock only after the new
     # leader's commit point has passed its seq (a busy machine schedules it late).
