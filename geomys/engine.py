@@ -473,9 +473,11 @@ class Engine:
         leadership is lost, while the AOF would wait for numbering that a
         snapshot install may have moved back.
         """
+        # Replies that read no store (PING, INFO...) rest on no store's numbering.
+        snapshots = self.snapshots if ctx.snapshots < 0 else ctx.snapshots
         try:
             for sink in reversed(self.sinks):
-                sink.wait(ctx.wait_seq, ctx.write_seq, ctx.snapshots)
+                sink.wait(ctx.wait_seq, ctx.write_seq, snapshots)
         finally:
             ctx.snapshots = -1  # settled, or answered with the error: none pending
 

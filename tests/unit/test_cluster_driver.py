@@ -161,6 +161,14 @@ def test_a_linearizable_read_on_a_deposed_leader_fails_rather_than_answer_stale(
     assert not old.core.is_leader
 
 
+def test_a_reply_that_read_no_store_is_settled_like_any_other():
+    net = three_nodes()
+    leader = net.nodes[1]
+    assert run(leader, "PING")[0] == {"status": "OK", "message": "PONG"}
+    _, ctx = run(leader, "PING")
+    leader.engine.settle(ctx)  # no store read: no snapshot can have replaced what it showed
+
+
 def cut_off_leader_with_unconfirmed_incrs(incrs: int):
     """Node 1 leads, is cut off and INCRs c `incrs` times alone; nodes 2 and 3 elect node 2 (node 1 still a member)."""
     net = three_nodes()
