@@ -233,9 +233,8 @@ class AppendOnlyFile:
         self._buffer_bytes = 0
         self._last_seq = 0            # newest record appended
         self._flusher_idle = False    # writethrough: the flusher waits for records (append must wake it)
-        # wait() callers asleep until their record is on disk: a heap of
-        # (seq, arrival number, gate), each gate a held lock that the thread
-        # blocks on and that is released once for it (see _open_gates).
+        # Those waiting for their record to be on disk (see when_safe): a heap
+        # of (seq, arrival number, callback), each called back once.
         self._waiters: list = []
         self._arrivals = itertools.count()
         self._durable_seq = 0         # newest record on disk (written and fsync'd)
@@ -395,50 +394,91 @@ class AppendOnlyFile:
         acknowledged. Raises InternalError when the record will never be on disk.
         `snapshots` concerns a cluster node only (ClusterNode.wait).
         """
-        if seq <= self._durable_seq:
+        if self._safe_now(seq):
             return
-        if self.mode == BUFFERED and self._sealed_seq is None and not self._failed:
+        gate = threading.Lock()
+        gate.acquire()
+        outcome = []
+
+        def wake(error: Optional[InternalError]) -> None:
+            outcome.append(error)
+            gate.release()
+
+        if self.when_safe(seq, wake):
             return
-        while True:
-            with self._lock:
-                seq = min(seq, self._last_seq)  # records from before this file was attached are not ours
-                if self._durable_seq >= seq:
-                    return
-                if self._failed:
-                    raise InternalError("the append-only file could not be written")
-                if self._sealed_seq is not None and seq > self._sealed_seq:
-                    raise InternalError("the server is shutting down: this write was not persisted")
-                gate = threading.Lock()
-                gate.acquire()
-                heapq.heappush(self._waiters, (seq, next(self._arrivals), gate))
-            gate.acquire()
-            # Woken by the fsync that covers `seq` (the usual case: no need to
-            # queue for _lock again), or by a failure or the final flush.
+        gate.acquire()  # released by the fsync that covers `seq`, or by a failure or the final flush
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def when_safe(self, seq: int, callback: Callable[[Optional[InternalError]], None]) -> bool:
+        """Return True if record `seq` may be revealed now; else arrange a call of `callback` and return False.
+
+        The call comes once, from the thread that settles the record (the
+        flusher, right after the fsync that covers it): `callback(None)` when
+        it is on disk, `callback(error)` when it never will be (a failure, or
+        a shutdown that sealed the file before it). A record refused already
+        is called back at once, in this thread. `callback` must not block:
+        it runs before the flusher starts its next batch. Never raises.
+        """
+        if self._safe_now(seq):
+            return True
+        with self._lock:
+            seq = min(seq, self._last_seq)  # records from before this file was attached are not ours
             if self._durable_seq >= seq:
-                return
+                return True
+            error = self._refusal(seq)
+            if error is None:
+                heapq.heappush(self._waiters, (seq, next(self._arrivals), callback))
+                return False
+        callback(error)
+        return False
 
-    def _open_gates(self) -> None:
-        """Wake the waiters whose record is now on disk, and those it never will be (caller holds _lock).
+    def _safe_now(self, seq: int) -> bool:
+        """The checks without the lock: `seq` is on disk, or buffered mode reveals it at once."""
+        return seq <= self._durable_seq or (
+            self.mode == BUFFERED and self._sealed_seq is None and not self._failed)
 
-        Only those: a waiter whose record came after the batch just written
-        sleeps on, where a shared condition's notify_all would wake every
-        waiter to find most of them must wait again, each wake-up a context
-        switch and a queue for the GIL and for _lock.
+    def _refusal(self, seq: int) -> Optional[InternalError]:
+        """Why record `seq`, not on disk yet, never will be; None while it still may (caller holds _lock)."""
+        if self._failed:
+            return InternalError("the append-only file could not be written")
+        if self._sealed_seq is not None and seq > self._sealed_seq:
+            return InternalError("the server is shutting down: this write was not persisted")
+        return None
+
+    def _take_settled(self) -> list:
+        """Remove and return (callback, error) for every waiter whose record is on disk or never will be.
+
+        Only those (caller holds _lock): a waiter whose record came after the
+        batch just written stays, where waking every waiter would have most of
+        them find they must wait again, each wake-up a context switch and a
+        queue for the GIL. The caller runs the callbacks once it has let go of
+        its locks (see _call_back).
         """
         waiters, durable = self._waiters, self._durable_seq
-        ready = []
-        if self._failed:
-            ready, self._waiters = waiters, []
-        else:
-            while waiters and waiters[0][0] <= durable:
-                ready.append(heapq.heappop(waiters))
-            sealed = self._sealed_seq
-            if sealed is not None and waiters:  # shutting down: what came after the seal is never written
-                ready += [waiter for waiter in waiters if waiter[0] > sealed]
-                self._waiters = [waiter for waiter in waiters if waiter[0] <= sealed]
-                heapq.heapify(self._waiters)
-        for _, _, gate in ready:
-            gate.release()
+        settled = []
+        while waiters and waiters[0][0] <= durable:
+            settled.append((heapq.heappop(waiters)[2], None))
+        if waiters and (self._failed or self._sealed_seq is not None):
+            keep = []
+            for waiter in waiters:
+                error = self._refusal(waiter[0])
+                if error is None:
+                    keep.append(waiter)
+                else:
+                    settled.append((waiter[2], error))
+            heapq.heapify(keep)
+            self._waiters = keep
+        return settled
+
+    @staticmethod
+    def _call_back(settled: list) -> None:
+        """Run the callbacks _take_settled returned (no lock held: a callback may send to a socket)."""
+        for callback, error in settled:
+            try:
+                callback(error)
+            except Exception:  # one client's trouble must not stop the flusher
+                logger.exception("a durability callback failed")
 
     # -- the flusher thread --------------------------------------------------------
 
@@ -469,6 +509,7 @@ class AppendOnlyFile:
 
         Runs on the flusher thread. `_io_lock` is taken before the buffer is
         swapped so that a compactor switching files never races a batch in hand.
+        The waiters the batch settles are called back after both locks are let go.
         """
         with self._io_lock:
             with self._lock:
@@ -480,25 +521,26 @@ class AppendOnlyFile:
                 upto = self._last_seq
                 if final:
                     self._sealed_seq = upto
-                if not batch and not empty_first:
-                    if final:
-                        self._open_gates()  # waiters beyond the seal must learn it
-                    return True
-            try:
-                if empty_first:
-                    self._install_empty_file()
-                data = b"".join(batch)
-                if data:
-                    self._write_all(self._fd, data)
-                self._fsync(self._fd)
-            except OSError as exc:
-                self._fatal("cannot write or fsync append-only file %s: %s" % (self.path, exc))
-                return False
-            self._size += len(data)
-            self._last_fsync = time.time()
-            with self._lock:
-                self._durable_seq = upto
-                self._open_gates()
+                idle = not batch and not empty_first
+                if idle:
+                    settled = self._take_settled()  # after a seal, waiters beyond it must learn it
+            if not idle:
+                try:
+                    if empty_first:
+                        self._install_empty_file()
+                    data = b"".join(batch)
+                    if data:
+                        self._write_all(self._fd, data)
+                    self._fsync(self._fd)
+                except OSError as exc:
+                    self._fatal("cannot write or fsync append-only file %s: %s" % (self.path, exc))
+                    return False
+                self._size += len(data)
+                self._last_fsync = time.time()
+                with self._lock:
+                    self._durable_seq = upto
+                    settled = self._take_settled()
+        self._call_back(settled)
         return True
 
     def _install_empty_file(self) -> None:
@@ -539,11 +581,12 @@ class AppendOnlyFile:
             os.close(fd)
 
     def _fatal(self, message: str) -> None:
-        """Log a failure that breaks the durability promise and end the process; never release waiters."""
+        """Log a failure that breaks the durability promise and end the process; waiters learn it failed."""
         logger.critical("%s; stopping the server so that no unsaved write is acknowledged", message)
         with self._lock:
             self._failed = True
-            self._open_gates()
+            settled = self._take_settled()
+        self._call_back(settled)
         self._on_fatal(message)
 
     # -- compaction ------------------------------------------------------------------
@@ -699,7 +742,8 @@ class AppendOnlyFile:
             self._compactions += 1
             with self._lock:
                 self._durable_seq = cut
-                self._open_gates()
+                settled = self._take_settled()
+        self._call_back(settled)
         logger.info("compacted append-only file %s: %d -> %d bytes (%d snapshot records + %d written "
                     "meanwhile) in %.2fs", self.path, old_size, size, snapshot_count, len(tail),
                     time.monotonic() - started)

@@ -4,7 +4,8 @@ lookup -> auth -> parse fields -> run the handler under the store lock ->
 number the effects the store noted and hand them to the record sinks (the
 append-only file, replication). Client-handler threads call
 `execute_batch` with every request of a read; a reply is released only
-after `settle` has waited for the sinks, so no client sees a write before
+once the sinks say its records are safe (`settle` waits for that,
+`settle_later` has the sink call back), so no client sees a write before
 it is durable (writethrough) or replicated.
 """
 
@@ -62,7 +63,11 @@ LIVENESS_CHECK_SECONDS = 1.0
 
 
 class RecordSink(Protocol):
-    """Something that consumes effect records in log order (AOF, replication)."""
+    """Something that consumes effect records in log order (AOF, replication).
+
+    A sink may also offer `when_safe(seq, callback) -> bool`, which calls
+    back instead of blocking (the append-only file does; see settle_later).
+    """
 
     def append(self, seq: int, record: tuple) -> None:
         """Take record number `seq`. Caller holds store.lock, so calls arrive in order."""
@@ -119,6 +124,8 @@ class Engine:
         self.snapshots = 0
         # Read without the lock by connection handlers, which skip settle while it is empty.
         self.sinks: list[RecordSink] = []
+        # The lone sink's when_safe, if it has one (see settle_later).
+        self._when_safe: Optional[Callable] = None
         self._info_sources: list[Callable[[], dict]] = []
         self._compactor: Optional[Callable[[], Optional[str]]] = None
         self._clients: set[Context] = set()
@@ -148,6 +155,8 @@ class Engine:
         with self.store.lock:
             self.sinks.append(sink)
             self.store.record_effects = True
+            lone = sink if len(self.sinks) == 1 else None
+            self._when_safe = getattr(lone, "when_safe", None)
 
     def add_info_source(self, source: Callable[[], dict]) -> None:
         """Merge the map `source()` returns into every INFO reply."""
@@ -465,6 +474,21 @@ class Engine:
                 sink.append(seq, record)
         self.seq = seq
         self.store.take_effects()
+
+    def settle_later(self, ctx: Context, callback: Callable[[Optional[GeomysError]], None]) -> bool:
+        """Like settle, without waiting: True if `callback(error)` will be called once the replies are safe.
+
+        Only a lone sink that can call back (the append-only file) does this:
+        its flusher calls right after the fsync that makes the replies safe,
+        with None, or with the error that replaces them if they never will be.
+        False, and no call, when the replies are safe already or the sinks can
+        only be waited for (a cluster node): the caller then settles.
+        """
+        when_safe = self._when_safe
+        if when_safe is None or when_safe(ctx.wait_seq, callback):
+            return False
+        ctx.snapshots = -1
+        return True
 
     def settle(self, ctx: Context) -> None:
         """Wait until every record this connection's pending replies may reveal is safe.

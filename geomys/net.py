@@ -17,6 +17,7 @@ from . import protocol
 from .commands.table import OK
 from .engine import ClientGone, Context, Engine
 from .errors import GeomysError, InternalError
+from .outbox import MSG_DONTWAIT, Outbox
 from .tls import ServerTls
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class ClientHandler(socketserver.BaseRequestHandler):
         self.sinks = self.server.engine.sinks  # the engine's own list, so a sink added later shows here
         self.ctx = Context(self.server.engine, "%s:%s" % self.client_address[:2],
                            before_block=self._flush, is_connected=self._is_connected)
+        # Replies the append-only file's flusher sends after its fsync. Not on
+        # TLS, where one thread at a time may use the connection, nor where
+        # a send cannot be made non-blocking.
+        self.outbox = Outbox(sock) if self.server.tls is None and MSG_DONTWAIT else None
 
     def handle(self) -> None:
         engine = self.server.engine
@@ -64,6 +69,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
             except OSError as exc:
                 logger.debug("connection %s ended: %s", self.ctx.address, exc)
             finally:
+                if self.outbox is not None:
+                    self.outbox.hold()  # the socket closes only once no reply is on its way
                 engine.disconnect(self.ctx)
                 if self.server.tls is not None:
                     self.request.close()  # socketserver closes only the plain socket, which TLS took over
@@ -159,17 +166,71 @@ class ClientHandler(socketserver.BaseRequestHandler):
             self._flush()
 
     def _flush(self) -> None:
-        """Send every pending reply in one write, once the records they reveal are safe."""
+        """Send every pending reply, in order, once the records they reveal are safe.
+
+        Without persistence or a cluster every record is safe at once. With
+        them, small replies are handed to the outbox when the sink can call
+        back (writethrough): this thread goes back to reading, and the
+        flusher sends them after its fsync. Otherwise this thread waits for
+        the sinks, then sends.
+        """
         pending = self.pending
         if not pending:
             return
-        if self.sinks:  # without persistence or a cluster every record is safe at once
-            try:
-                self.server.engine.settle(self.ctx)
-            except GeomysError as exc:
-                # The records these replies depend on may never become safe
-                # (e.g. leadership was lost): confirm none of them.
-                pending[:] = [protocol.error_reply(exc)] * len(pending)
+        if not self.sinks:
+            self._send(pending)
+            return
+        outbox = self.outbox
+        if outbox is None:  # TLS: this thread waits and sends
+            self._settle()
+            self._send(pending)
+            return
+        outbox.hold()  # replies still on their way go first
+        try:
+            data = self._pack_small(pending)
+            if data is not None:
+                outbox.post(data, len(pending))
+                if self.server.engine.settle_later(self.ctx, outbox.deliver):
+                    pending.clear()
+                    outbox = None  # held until outbox.deliver has sent them
+                    return
+            if self._settle() and data is not None:
+                pending.clear()
+                self.request.sendall(data)
+            else:
+                self._send(pending)
+        finally:
+            if outbox is not None:
+                outbox.release()
+
+    def _settle(self) -> bool:
+        """Wait until the pending replies are safe; False if they never will be, each then replaced by the error."""
+        try:
+            self.server.engine.settle(self.ctx)
+            return True
+        except GeomysError as exc:
+            # The records these replies depend on may never become safe
+            # (e.g. leadership was lost): confirm none of them.
+            self.pending[:] = [protocol.error_reply(exc)] * len(self.pending)
+            return False
+
+    def _pack_small(self, pending: list) -> Optional[bytes]:
+        """The pending replies packed as one payload, or None if they reach SEND_SLICE_BYTES."""
+        if len(pending) == 1:
+            reply = pending[0]
+            data = OK_BYTES if reply is OK else self.packer.pack(reply)
+            return data if len(data) < SEND_SLICE_BYTES else None
+        pack, out, size = self.packer.pack, [], 0
+        for reply in pending:
+            data = OK_BYTES if reply is OK else pack(reply)
+            size += len(data)
+            if size >= SEND_SLICE_BYTES:
+                return None  # sent a slice at a time by _send, which packs them again
+            out.append(data)
+        return b"".join(out)
+
+    def _send(self, pending: list) -> None:
+        """Send and clear the pending replies, in this thread."""
         if len(pending) == 1:  # a read of one request, the commonest case without pipelining
             reply = pending.pop()
             self.request.sendall(OK_BYTES if reply is OK else self.packer.pack(reply))

@@ -252,8 +252,10 @@ def assert_others_are_served(server, rounds: int = 10) -> None:
 
 
 @integration
-def test_a_client_that_never_reads_holds_up_no_other_client_and_its_thread_ends_with_it(start_server):
-    server = start_server()
+@pytest.mark.parametrize("persistence", ["none", "writethrough"])
+def test_a_client_that_never_reads_holds_up_no_other_client_and_its_thread_ends_with_it(start_server, tmp_path,
+                                                                                         persistence):
+    server = start_server(persistence=persistence, persistence_path=str(tmp_path / "db.aof"))
     assert server.call("SET", key="big", value="x" * BIG) == OK
     wait_only_info_connection(server)
     threads_before = process_threads(server.proc.pid)
@@ -299,3 +301,4 @@ def test_a_client_that_never_reads_cannot_make_the_server_hold_its_replies_in_me
         assert grown() < SLOW_CLIENT_MEMORY_BOUND_KB, "peak RSS grew by %d kB" % grown()
     finally:
         slow.close()
+

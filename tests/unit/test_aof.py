@@ -340,12 +340,12 @@ def test_an_fsync_wakes_only_the_writers_whose_record_it_covers(tmp_path):
     second = threading.Thread(target=writer, args=("b",))
     second.start()
     wait_until(lambda: sorted(w[0] for w in node.aof._waiters) == [1, 2], message="both writers to wait")
-    second_gate = next(gate for seq, _, gate in node.aof._waiters if seq == 2)
+    second_callback = next(callback for seq, _, callback in node.aof._waiters if seq == 2)
     fsync.permits.release()  # record 1 is on disk; record 2 came too late for that fsync
     wait_until(lambda: done == ["a"], message="the first writer to be acknowledged")
     assert fsync.entered.acquire(timeout=10)  # the flusher is in record 2's fsync now
-    # The second writer was never woken: it still sleeps on the gate it first closed.
-    assert done == ["a"] and [w[2] for w in node.aof._waiters] == [second_gate] and second_gate.locked()
+    # The second writer was never woken: the callback it first left is still the only one waiting.
+    assert done == ["a"] and [w[2] for w in node.aof._waiters] == [second_callback]
     fsync.permits.release()
     first.join(10)
     second.join(10)
@@ -403,6 +403,90 @@ def test_a_failed_fsync_is_fatal_and_the_write_is_never_acknowledged(tmp_path):
     later = node.run_unsettled("SET", key="later", value="1")
     with pytest.raises(InternalError):
         node.engine.settle(later)
+
+
+# -- calling back instead of waiting (when_safe) ------------------------------------------------
+
+
+class CallbackLog:
+    """A when_safe callback that records each call, with what was on disk when it came."""
+
+    def __init__(self, fsync: "GatedFsync" = None) -> None:
+        self.fsync = fsync
+        self.calls: list = []
+        self.called = threading.Event()
+
+    def __call__(self, error) -> None:
+        durable = max((e[1] for e in self.fsync.events if e[0] == "durable"), default=0) if self.fsync else None
+        self.calls.append((error, durable))
+        self.called.set()
+
+
+def test_when_safe_calls_back_once_after_the_fsync_that_covers_the_record(tmp_path):
+    path = tmp_path / "db.aof"
+    fsync = GatedFsync(path)
+    node = Node(path, fsync=fsync)
+    fsync.gate.clear()
+    ctx = node.run_unsettled("SET", key="k", value="v")
+    callback = CallbackLog(fsync)
+    assert node.aof.when_safe(ctx.wait_seq, callback) is False
+    assert fsync.entered.wait(10)
+    assert not callback.calls, "called back while the fsync was held"
+    fsync.gate.set()
+    assert callback.called.wait(10)
+    node.aof.close()
+    assert callback.calls == [(None, 1)]  # once, with record 1 on disk
+    assert node.aof.when_safe(ctx.wait_seq, callback) is True and len(callback.calls) == 1
+
+
+def test_when_safe_of_a_record_after_the_final_flush_calls_back_at_once_with_the_refusal(tmp_path):
+    node = Node(tmp_path / "db.aof")
+    node.aof.close()
+    ctx = node.run_unsettled("SET", key="late", value="1")
+    callback = CallbackLog()
+    assert node.aof.when_safe(ctx.wait_seq, callback) is False
+    [(error, _)] = callback.calls
+    assert isinstance(error, InternalError) and "shutting down" in error.message
+
+
+def test_when_safe_calls_back_with_the_error_when_the_fsync_fails(tmp_path):
+    path = tmp_path / "db.aof"
+    fatal = []
+    armed = threading.Event()
+
+    def failing_fsync(fd: int) -> None:
+        if armed.is_set():
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+
+    node = Node(path, fsync=failing_fsync, on_fatal=fatal.append)
+    armed.set()
+    ctx = node.run_unsettled("SET", key="lost", value="1")
+    callback = CallbackLog()
+    node.aof.when_safe(ctx.wait_seq, callback)
+    assert callback.called.wait(10)
+    [(error, _)] = callback.calls
+    assert isinstance(error, InternalError) and len(fatal) == 1
+
+
+def test_a_callback_that_fails_does_not_stop_the_flusher(tmp_path):
+    path = tmp_path / "db.aof"
+    fsync = GatedFsync(path)
+    node = Node(path, fsync=fsync)
+    calls = []
+
+    def broken(error) -> None:
+        calls.append(error)
+        raise RuntimeError("a bug in a callback")
+
+    fsync.gate.clear()
+    ctx = node.run_unsettled("SET", key="a", value="1")
+    assert node.aof.when_safe(ctx.wait_seq, broken) is False
+    fsync.gate.set()
+    wait_until(lambda: calls == [None], message="the callback to be called")
+    assert node.run("SET", key="b", value="2") == {"status": "OK"}  # settled by a later fsync
+    node.aof.close()
+    assert replayed_state(tmp_path / "db.aof") == {"a": ("1", None), "b": ("2", None)}
 
 
 # -- buffered mode ---------------------------------------------------------------------------
