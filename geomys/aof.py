@@ -53,13 +53,17 @@ class AofError(Exception):
     """The append-only file cannot be used; the message is shown to the user."""
 
 
+_LENGTH = struct.Struct(">I")
+_FLUSHDB = ("FLUSHDB",)
+
+
 def encode_frame(record: tuple) -> bytes:
     """Encode one effect record as a framed MessagePack array (str stays str, bytes stays bin)."""
     payload = records.pack(record)
-    length = struct.pack(">I", len(payload))
+    length = _LENGTH.pack(len(payload))
     # The CRC covers the length too, so a run of zero bytes (length 0, CRC 0)
     # left by a power loss never passes for a record.
-    return length + struct.pack(">I", zlib.crc32(payload, zlib.crc32(length))) + payload
+    return b"".join((length, _LENGTH.pack(zlib.crc32(payload, zlib.crc32(length))), payload))
 
 
 def decode_payload(payload: bytes) -> tuple:
@@ -362,7 +366,7 @@ class AppendOnlyFile:
         drops the records queued before it and has the flusher start an empty
         file, which is how FLUSHDB empties the file as well as memory.
         """
-        is_flush = record[0] == "FLUSHDB"
+        is_flush = record == _FLUSHDB
         frame = None if is_flush else encode_frame(record)
         with self._lock:
             self._last_seq = seq
@@ -381,6 +385,32 @@ class AppendOnlyFile:
                 if self._compact_tail is not None:
                     self._compact_tail.append(frame)
             if self._flusher_idle:  # a busy flusher checks the buffer again before it waits
+                self._work.notify()
+
+    def extend(self, first_seq: int, batch: list) -> None:
+        """Queue records numbered `first_seq`, `first_seq + 1`, ... (caller holds store.lock).
+
+        What `append` does for each, with the encoding, the lock and the
+        checks paid once per batch: a pipelined read's writes come together.
+        """
+        if len(batch) == 1:
+            self.append(first_seq, batch[0])
+            return
+        if _FLUSHDB in batch:  # rare: it drops what is queued before it, which append knows how to do
+            for offset, record in enumerate(batch):
+                self.append(first_seq + offset, record)
+            return
+        frames = [encode_frame(record) for record in batch]
+        size = sum(map(len, frames))
+        with self._lock:
+            self._last_seq = first_seq + len(batch) - 1
+            if self._sealed_seq is not None:
+                return  # the final flush is done; wait(seq) will refuse to reveal these records
+            self._buffer += frames
+            self._buffer_bytes += size
+            if self._compact_tail is not None:
+                self._compact_tail += frames
+            if self._flusher_idle:
                 self._work.notify()
 
     def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:

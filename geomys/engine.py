@@ -72,6 +72,9 @@ class RecordSink(Protocol):
     def append(self, seq: int, record: tuple) -> None:
         """Take record number `seq`. Caller holds store.lock, so calls arrive in order."""
 
+    def extend(self, first_seq: int, records: list) -> None:
+        """Take `records`, numbered `first_seq` onwards: `append` for each, in one call."""
+
     def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         """Block until record `seq` is safe to reveal; raise GeomysError if it never will be.
 
@@ -366,17 +369,16 @@ class Engine:
         """Number the store's new effect records and give them to every sink (caller holds lock)."""
         self._number(self.store.take_effects())
 
-    def _number(self, records) -> None:
-        """Give each record the next seq and hand it to the sinks (caller holds store.lock).
+    def _number(self, records: list) -> None:
+        """Give the records the next seqs and hand them to the sinks (caller holds store.lock).
 
-        `self.seq` moves before the sinks see the record, so a thread a sink
-        wakes already finds it.
+        `self.seq` moves before the sinks see the records, so a thread a sink
+        wakes already finds them.
         """
-        sinks = self.sinks
-        for record in records:
-            self.seq += 1
-            for sink in sinks:
-                sink.append(self.seq, record)
+        first = self.seq + 1
+        self.seq += len(records)
+        for sink in self.sinks:
+            sink.extend(first, records)
 
     def _forward(self, requests: list, ctx: Context) -> list:
         """Hand writes to the leader (outside the store lock); relay its replies."""

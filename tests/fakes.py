@@ -61,6 +61,9 @@ class RecordingSink:
     def append(self, seq: int, record: tuple) -> None:
         self.appended.append((seq, record))
 
+    def extend(self, first_seq: int, records: list) -> None:
+        self.appended.extend(enumerate(records, first_seq))
+
     def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         self.waited.append(seq)
 

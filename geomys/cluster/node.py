@@ -316,6 +316,11 @@ class ClusterNode:
         members = rules.members_from_record(record) if record[0] == "MEMBERS" else None
         self._run(core.propose(records.pack(record), members))
 
+    def extend(self, first_seq: int, batch: list) -> None:
+        """Propose a leader's writes as entries `first_seq` onwards (caller holds the lock)."""
+        for offset, record in enumerate(batch):
+            self.append(first_seq + offset, record)
+
     def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
         """Block until entry `seq` is committed, so no reply shows a write that may never commit.
 

@@ -405,6 +405,28 @@ def test_a_failed_fsync_is_fatal_and_the_write_is_never_acknowledged(tmp_path):
         node.engine.settle(later)
 
 
+@pytest.mark.parametrize("batch", [
+    [("SET", "a", "1", None), ("PUSH", "l", b"\x00bin"), ("DEL", "a")],
+    [("SET", "a", "1", None), ("FLUSHDB",), ("SET", "b", "2", 99)],
+    [("RPOP", "l")],
+])
+def test_extend_writes_what_append_writes_record_by_record(tmp_path, batch):
+    one_by_one, extended = tmp_path / "one.aof", tmp_path / "batch.aof"
+    for path in (one_by_one, extended):
+        _, aof = replay_file(path)
+        aof.start(threading.Lock(), list)
+        aof.append(1, ("SET", "before", "0", None))
+        if path == one_by_one:
+            for offset, record in enumerate(batch):
+                aof.append(2 + offset, record)
+        else:
+            aof.extend(2, batch)
+        assert aof._last_seq == 1 + len(batch)
+        aof.close()
+    assert read_records(extended) == read_records(one_by_one)
+    assert ("FLUSHDB",) not in batch or read_records(extended) == batch[batch.index(("FLUSHDB",)) + 1:]
+
+
 # -- calling back instead of waiting (when_safe) ------------------------------------------------
 
 
