@@ -443,12 +443,14 @@ class AppendOnlyFile:
     def when_safe(self, seq: int, callback: Callable[[Optional[InternalError]], None]) -> bool:
         """Return True if record `seq` may be revealed now; else arrange a call of `callback` and return False.
 
-        The call comes once, from the thread that settles the record (the
-        flusher, right after the fsync that covers it): `callback(None)` when
-        it is on disk, `callback(error)` when it never will be (a failure, or
-        a shutdown that sealed the file before it). A record refused already
-        is called back at once, in this thread. `callback` must not block:
-        it runs before the flusher starts its next batch. Never raises.
+        The call comes once, from the thread that settles the record: the
+        flusher right after the fsync that covers it, a compaction that
+        switched files, or the thread that found the file broken.
+        `callback(None)` means it is on disk, `callback(error)` that it never
+        will be (a failure, or a shutdown that sealed the file before it). A
+        record refused already is called back at once, in this thread, and
+        the call may come before this returns. `callback` must neither block
+        nor raise: the flusher runs it before it starts its next batch.
         """
         if self._safe_now(seq):
             return True
@@ -539,7 +541,7 @@ class AppendOnlyFile:
 
         Runs on the flusher thread. `_io_lock` is taken before the buffer is
         swapped so that a compactor switching files never races a batch in hand.
-        The waiters the batch settles are called back after both locks are let go.
+        The waiters the batch settles are called back once both locks are let go.
         """
         with self._io_lock:
             with self._lock:
@@ -551,10 +553,11 @@ class AppendOnlyFile:
                 upto = self._last_seq
                 if final:
                     self._sealed_seq = upto
-                idle = not batch and not empty_first
-                if idle:
-                    settled = self._take_settled()  # after a seal, waiters beyond it must learn it
-            if not idle:
+                if not batch and not empty_first:
+                    # Nothing to write; after a seal, waiters beyond it learn they never will be.
+                    settled = self._take_settled()
+                    batch = None
+            if batch is not None:
                 try:
                     if empty_first:
                         self._install_empty_file()
@@ -563,13 +566,17 @@ class AppendOnlyFile:
                         self._write_all(self._fd, data)
                     self._fsync(self._fd)
                 except OSError as exc:
-                    self._fatal("cannot write or fsync append-only file %s: %s" % (self.path, exc))
-                    return False
-                self._size += len(data)
-                self._last_fsync = time.time()
-                with self._lock:
-                    self._durable_seq = upto
-                    settled = self._take_settled()
+                    failure = exc
+                else:
+                    failure = None
+                    self._size += len(data)
+                    self._last_fsync = time.time()
+                    with self._lock:
+                        self._durable_seq = upto
+                        settled = self._take_settled()
+        if batch is not None and failure is not None:
+            self._fatal("cannot write or fsync append-only file %s: %s" % (self.path, failure))
+            return False
         self._call_back(settled)
         return True
 
@@ -611,7 +618,10 @@ class AppendOnlyFile:
             os.close(fd)
 
     def _fatal(self, message: str) -> None:
-        """Log a failure that breaks the durability promise and end the process; waiters learn it failed."""
+        """Log a failure that breaks the durability promise and end the process; waiters learn it failed.
+
+        Called with no lock held: the waiters are called back here.
+        """
         logger.critical("%s; stopping the server so that no unsaved write is acknowledged", message)
         with self._lock:
             self._failed = True
@@ -763,16 +773,20 @@ class AppendOnlyFile:
                 self._fsync_dir()
             except OSError as exc:
                 os.close(fd)
-                self._fatal("cannot finish compacting append-only file %s: %s" % (self.path, exc))
-                raise InternalError("compaction failed: %s" % exc) from None
-            os.close(self._fd)
-            self._fd = fd
-            self._size, self._base_size = size, base
-            self._last_fsync = time.time()
-            self._compactions += 1
-            with self._lock:
-                self._durable_seq = cut
-                settled = self._take_settled()
+                failure = exc
+            else:
+                failure = None
+                os.close(self._fd)
+                self._fd = fd
+                self._size, self._base_size = size, base
+                self._last_fsync = time.time()
+                self._compactions += 1
+                with self._lock:
+                    self._durable_seq = cut
+                    settled = self._take_settled()
+        if failure is not None:
+            self._fatal("cannot finish compacting append-only file %s: %s" % (self.path, failure))
+            raise InternalError("compaction failed: %s" % failure)
         self._call_back(settled)
         logger.info("compacted append-only file %s: %d -> %d bytes (%d snapshot records + %d written "
                     "meanwhile) in %.2fs", self.path, old_size, size, snapshot_count, len(tail),

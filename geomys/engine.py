@@ -478,7 +478,7 @@ class Engine:
         self.store.take_effects()
 
     def settle_later(self, ctx: Context, callback: Callable[[Optional[GeomysError]], None]) -> bool:
-        """Like settle, without waiting: True if `callback(error)` will be called once the replies are safe.
+        """Like settle, without waiting: True if `callback(error)` is called (maybe already) instead.
 
         Only a lone sink that can call back (the append-only file) does this:
         its flusher calls right after the fsync that makes the replies safe,
@@ -489,7 +489,7 @@ class Engine:
         when_safe = self._when_safe
         if when_safe is None or when_safe(ctx.wait_seq, callback):
             return False
-        ctx.snapshots = -1
+        ctx.snapshots = -1  # as settle leaves it: no reply of this connection is pending any more
         return True
 
     def settle(self, ctx: Context) -> None:

@@ -1,8 +1,10 @@
 """The client-facing TCP server: one thread per connection, MessagePack in and out.
 
 Each handler thread reads what the socket has, decodes every whole request in
-it with a streaming unpacker, runs them through the engine, waits once for
-the records they produced to be safe, and answers them all in one send. On a
+it with a streaming unpacker, runs them through the engine, and answers them
+all in one send once the records they produced are safe: with writethrough
+on a plaintext connection, the append-only file's flusher sends them after
+its fsync (geomys/outbox.py); otherwise the handler waits, then sends. On a
 TLS listener the handler thread first does the handshake.
 """
 
@@ -17,7 +19,7 @@ from . import protocol
 from .commands.table import OK
 from .engine import ClientGone, Context, Engine
 from .errors import GeomysError, InternalError
-from .outbox import MSG_DONTWAIT, Outbox
+from .outbox import MSG_DONTWAIT, Drainer, Outbox
 from .tls import ServerTls
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
         # Replies the append-only file's flusher sends after its fsync. Not on
         # TLS, where one thread at a time may use the connection, nor where
         # a send cannot be made non-blocking.
-        self.outbox = Outbox(sock) if self.server.tls is None and MSG_DONTWAIT else None
+        self.outbox = Outbox(sock, self.server.drainer) if self.server.tls is None and MSG_DONTWAIT else None
 
     def handle(self) -> None:
         engine = self.server.engine
@@ -70,7 +72,9 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 logger.debug("connection %s ended: %s", self.ctx.address, exc)
             finally:
                 if self.outbox is not None:
-                    self.outbox.hold()  # the socket closes only once no reply is on its way
+                    # Kept for good: the socket closes only once no reply is on its
+                    # way, and nothing may be posted after that.
+                    self.outbox.hold()
                 engine.disconnect(self.ctx)
                 if self.server.tls is not None:
                     self.request.close()  # socketserver closes only the plain socket, which TLS took over
@@ -169,10 +173,10 @@ class ClientHandler(socketserver.BaseRequestHandler):
         """Send every pending reply, in order, once the records they reveal are safe.
 
         Without persistence or a cluster every record is safe at once. With
-        them, small replies are handed to the outbox when the sink can call
-        back (writethrough): this thread goes back to reading, and the
-        flusher sends them after its fsync. Otherwise this thread waits for
-        the sinks, then sends.
+        them, the replies are handed to the outbox when the sink can call
+        back (writethrough) and they pack to less than a slice: this thread
+        goes back to reading, and the flusher sends them after its fsync.
+        Otherwise this thread waits for the sinks, then sends.
         """
         pending = self.pending
         if not pending:
@@ -186,13 +190,15 @@ class ClientHandler(socketserver.BaseRequestHandler):
             self._send(pending)
             return
         outbox.hold()  # replies still on their way go first
+        handed_over = False
         try:
             data = self._pack_small(pending)
             if data is not None:
                 outbox.post(data, len(pending))
-                if self.server.engine.settle_later(self.ctx, outbox.deliver):
+                # The hold goes with them: whoever finishes sending them lets it go.
+                handed_over = self.server.engine.settle_later(self.ctx, outbox.deliver)
+                if handed_over:
                     pending.clear()
-                    outbox = None  # held until outbox.deliver has sent them
                     return
             if self._settle() and data is not None:
                 pending.clear()
@@ -200,7 +206,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
             else:
                 self._send(pending)
         finally:
-            if outbox is not None:
+            if not handed_over:
                 outbox.release()
 
     def _settle(self) -> bool:
@@ -215,11 +221,13 @@ class ClientHandler(socketserver.BaseRequestHandler):
             return False
 
     def _pack_small(self, pending: list) -> Optional[bytes]:
-        """The pending replies packed as one payload, or None if they reach SEND_SLICE_BYTES."""
+        """The pending replies packed as one payload; None if several reach SEND_SLICE_BYTES.
+
+        One reply is packed whatever its size: sending it needs it whole anyway.
+        """
         if len(pending) == 1:
             reply = pending[0]
-            data = OK_BYTES if reply is OK else self.packer.pack(reply)
-            return data if len(data) < SEND_SLICE_BYTES else None
+            return OK_BYTES if reply is OK else self.packer.pack(reply)
         pack, out, size = self.packer.pack, [], 0
         for reply in pending:
             data = OK_BYTES if reply is OK else pack(reply)
@@ -317,6 +325,7 @@ class GeomysServer(socketserver.ThreadingTCPServer):
         self.max_request_bytes = max_request_bytes
         self.tls = tls
         self.slots = slots or ClientSlots(max_clients)
+        self.drainer = Drainer()  # finishes sending what a client's socket could not take at once
         self.handshake_failures = 0
         self._failures_lock = threading.Lock()
         super().__init__(address, ClientHandler)

@@ -48,6 +48,7 @@ class StandInServer:
     """What a ClientHandler reads from its server."""
 
     tls = None
+    drainer = None
     max_request_bytes = 64 * 1024 * 1024
 
     def __init__(self, engine) -> None:

@@ -301,4 +301,3 @@ def test_a_client_that_never_reads_cannot_make_the_server_hold_its_replies_in_me
         assert grown() < SLOW_CLIENT_MEMORY_BOUND_KB, "peak RSS grew by %d kB" % grown()
     finally:
         slow.close()
-

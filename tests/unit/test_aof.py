@@ -399,6 +399,7 @@ def test_a_failed_fsync_is_fatal_and_the_write_is_never_acknowledged(tmp_path):
     ctx = node.run_unsettled("SET", key="lost", value="1")
     with pytest.raises(InternalError):
         node.engine.settle(ctx)
+    wait_until(lambda: fatal, message="the failure to be reported as fatal")
     assert len(fatal) == 1 and "Input/output error" in fatal[0]
     later = node.run_unsettled("SET", key="later", value="1")
     with pytest.raises(InternalError):
@@ -488,7 +489,9 @@ def test_when_safe_calls_back_with_the_error_when_the_fsync_fails(tmp_path):
     node.aof.when_safe(ctx.wait_seq, callback)
     assert callback.called.wait(10)
     [(error, _)] = callback.calls
-    assert isinstance(error, InternalError) and len(fatal) == 1
+    assert isinstance(error, InternalError)
+    wait_until(lambda: fatal, message="the failure to be reported as fatal")
+    assert len(fatal) == 1
 
 
 def test_a_callback_that_fails_does_not_stop_the_flusher(tmp_path):

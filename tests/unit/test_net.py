@@ -27,6 +27,7 @@ class StandInSocket:
 
 class StandInServer:
     tls = None
+    drainer = None
     max_request_bytes = 64 * 1024 * 1024
 
     def __init__(self, engine: Engine) -> None:
