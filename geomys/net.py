@@ -101,7 +101,7 @@ class ClientHandler(socketserver.BaseRequestHandler):
 
     def _serve(self) -> None:
         sock, ctx, engine = self.request, self.ctx, self.server.engine
-        execute_batch, pending = engine.execute_batch, self.pending
+        execute_batch, pending, sinks = engine.execute_batch, self.pending, self.sinks
         max_bytes = self.server.max_request_bytes
         limit = max_bytes if ctx.authenticated else min(max_bytes, PREAUTH_MAX_REQUEST_BYTES)
         unpacker = protocol.new_unpacker(max_bytes)
@@ -167,7 +167,10 @@ class ClientHandler(socketserver.BaseRequestHandler):
                 execute_batch(requests, ctx, pending)
                 if limit != max_bytes and ctx.authenticated:  # this read's AUTH lifted the limit
                     limit = max_bytes
-            self._flush()
+            if sinks:
+                self._flush()
+            elif pending:  # _flush's first case, taken here on the hot path: nothing to wait for
+                self._send(pending)
 
     def _flush(self) -> None:
         """Send every pending reply, in order, once the records they reveal are safe.
