@@ -383,8 +383,8 @@ def test_under_50_concurrent_writers_every_acknowledgement_follows_its_fsync_and
     assert replayed_state(path) == state(node.store)
 
 
-def test_a_failed_fsync_is_fatal_and_the_write_is_never_acknowledged(tmp_path):
-    path = tmp_path / "db.aof"
+def node_with_failing_fsync(path) -> tuple[Node, list, threading.Event]:
+    """A Node whose fsync fails once the returned event is set; the list collects the fatal reports."""
     fatal = []
     armed = threading.Event()
 
@@ -393,7 +393,11 @@ def test_a_failed_fsync_is_fatal_and_the_write_is_never_acknowledged(tmp_path):
             raise OSError(5, "Input/output error")
         os.fsync(fd)
 
-    node = Node(path, fsync=failing_fsync, on_fatal=fatal.append)
+    return Node(path, fsync=failing_fsync, on_fatal=fatal.append), fatal, armed
+
+
+def test_a_failed_fsync_is_fatal_and_the_write_is_never_acknowledged(tmp_path):
+    node, fatal, armed = node_with_failing_fsync(tmp_path / "db.aof")
     assert node.run("SET", key="before", value="1") == {"status": "OK"}
     armed.set()
     ctx = node.run_unsettled("SET", key="lost", value="1")
@@ -473,16 +477,7 @@ def test_when_safe_of_a_record_after_the_final_flush_calls_back_at_once_with_the
 
 
 def test_when_safe_calls_back_with_the_error_when_the_fsync_fails(tmp_path):
-    path = tmp_path / "db.aof"
-    fatal = []
-    armed = threading.Event()
-
-    def failing_fsync(fd: int) -> None:
-        if armed.is_set():
-            raise OSError(5, "Input/output error")
-        os.fsync(fd)
-
-    node = Node(path, fsync=failing_fsync, on_fatal=fatal.append)
+    node, fatal, armed = node_with_failing_fsync(tmp_path / "db.aof")
     armed.set()
     ctx = node.run_unsettled("SET", key="lost", value="1")
     callback = CallbackLog()
