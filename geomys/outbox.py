@@ -72,7 +72,9 @@ class Drainer:
         wake = self._wake[0]
         poller = select.poll()
         poller.register(wake, select.POLLIN)
-        sending: dict = {}  # socket fd -> [outbox, unsent bytes]; an fd is here at most once, its hold held
+        # Socket fd -> (outbox, bytes still to send). An fd is here at most
+        # once, and cannot be closed meanwhile: its outbox's hold is held.
+        sending: dict = {}
         while True:
             for fd, _ in poller.poll():
                 if fd == wake:
@@ -80,23 +82,24 @@ class Drainer:
                     with self._lock:
                         arrived, self._arrived = self._arrived, []
                     for outbox, rest in arrived:
-                        sending[outbox.fileno()] = [outbox, rest]
+                        sending[outbox.fileno()] = (outbox, rest)
                         poller.register(outbox.fileno(), _POLL_SEND)
                     continue
-                entry = sending[fd]
+                outbox, rest = sending[fd]
                 try:
-                    entry[1] = entry[1][entry[0].send_now(entry[1]):]
+                    rest = rest[outbox.send_now(rest):]
                 except BlockingIOError:
                     continue
                 except OSError:  # the client is gone: its own thread finds out on its next read
-                    entry[1] = b""
-                if entry[1]:
+                    rest = b""
+                if rest:
+                    sending[fd] = (outbox, rest)
                     continue
                 poller.unregister(fd)
                 del sending[fd]
                 with self._lock:
                     self._busy -= 1
-                entry[0].finished()
+                outbox.finished()
 
 
 class Outbox:
