@@ -7,6 +7,7 @@ connections stay open. Certificates are throwaway ones from tests/certs.py.
 """
 
 import signal
+import threading
 import socket
 import ssl
 
@@ -238,3 +239,37 @@ def test_sighup_without_tls_is_logged_and_the_server_goes_on(start_server):
     wait_until(lambda: "SIGHUP ignored" in server.log_text(), 10, message="the SIGHUP logged")
     assert server.call("PING")["message"] == "PONG"
     assert server.info()["tls"] == {"clients": False, "cluster": False}
+
+
+
+# -- writethrough: TLS connections wait for the fsync themselves, plaintext ones through the outbox --
+
+def test_writethrough_pipelines_on_tls_and_plaintext_connections_answer_in_order_and_survive_kill_9(
+        start_tls_server, pki, tmp_path):
+    options = dict(persistence="writethrough", persistence_path=str(tmp_path / "db.aof"))
+    server = start_tls_server(**options)
+    rounds = 50
+    failures = []
+
+    def pipelines(client, name: str) -> None:
+        try:
+            with client:
+                for round_ in range(1, rounds + 1):
+                    pipe = client.pipeline().incr(name).get(name).push(name + ":log", str(round_)).incr(name)
+                    assert pipe.execute() == [2 * round_ - 1, str(2 * round_ - 1), True, 2 * round_]
+        except Exception as exc:  # an assertion or a connection error, reported below
+            failures.append((name, exc))
+
+    threads = [threading.Thread(target=pipelines, args=(tls_client(server.tls_port, pki.ca_file), "tls")),
+               threading.Thread(target=pipelines, args=(geomys.Client(HOST, server.port, timeout=10), "plain"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads) and not failures, failures
+    server.kill()
+    server.start()
+    for name in ("tls", "plain"):
+        assert server.call("GET", key=name)["value"] == str(2 * rounds)
+        assert [server.call("LPOP", key=name + ":log")["value"] for _ in range(rounds)] == \
+            [str(round_) for round_ in range(1, rounds + 1)]
