@@ -2,8 +2,9 @@
 
 Imports only geomys.records (the record encoding) and
 geomys.errors, never the store or the commands. Client-handler threads call
-`append` (store lock held) and `wait` (no lock); the `aof-flusher` thread does
-every write and fsync; COMPACT handlers and the `aof-compactor` thread run
+`extend` or `append` (store lock held), then `wait` or `when_safe` (no lock);
+the `aof-flusher` thread does every write and fsync, then calls back the
+waiters it settled; COMPACT handlers and the `aof-compactor` thread run
 `compact`; the main thread calls open/replay/start/close. docs/persistence.md
 describes the format and the guarantees.
 """
@@ -361,56 +362,40 @@ class AppendOnlyFile:
         """Queue record number `seq` for the flusher (caller holds store.lock, so seqs arrive in order).
 
         `seq` never decreases; several records may share one (a snapshot
-        installed from a leader). Only encoding and a list append happen here,
-        never I/O. A FLUSHDB
-        drops the records queued before it and has the flusher start an empty
-        file, which is how FLUSHDB empties the file as well as memory.
+        installed from a leader).
         """
-        is_flush = record == _FLUSHDB
-        frame = None if is_flush else encode_frame(record)
+        self.extend(seq, [record])
+
+    def extend(self, first_seq: int, batch: list) -> None:
+        """Queue records numbered `first_seq`, `first_seq + 1`, ... (caller holds store.lock).
+
+        Only encoding and list operations happen here, never I/O, and the
+        file's lock is taken once per batch: a pipelined read's writes come
+        together. A FLUSHDB drops the records queued before it and has the
+        flusher start an empty file, which is how FLUSHDB empties the file as
+        well as memory.
+        """
+        last_seq = first_seq + len(batch) - 1
+        flushed = _FLUSHDB in batch
+        if flushed:  # only what follows the last FLUSHDB is left to write
+            batch = batch[len(batch) - batch[::-1].index(_FLUSHDB):]
+        frames = [encode_frame(record) for record in batch]
         with self._lock:
-            self._last_seq = seq
+            self._last_seq = last_seq
             if self._sealed_seq is not None:
-                return  # the final flush is done; wait(seq) will refuse to reveal this record
-            if is_flush:
+                return  # the final flush is done; wait(seq) will refuse to reveal these records
+            if flushed:
                 self._buffer = []
                 self._buffer_bytes = 0
                 self._empty_pending = True
                 if self._compact_tail is not None:
                     self._compact_tail = None
                     self._compact_aborted = True
-            else:
-                self._buffer.append(frame)
-                self._buffer_bytes += len(frame)
-                if self._compact_tail is not None:
-                    self._compact_tail.append(frame)
-            if self._flusher_idle:  # a busy flusher checks the buffer again before it waits
-                self._work.notify()
-
-    def extend(self, first_seq: int, batch: list) -> None:
-        """Queue records numbered `first_seq`, `first_seq + 1`, ... (caller holds store.lock).
-
-        What `append` does for each, with the encoding, the lock and the
-        checks paid once per batch: a pipelined read's writes come together.
-        """
-        if len(batch) == 1:
-            self.append(first_seq, batch[0])
-            return
-        if _FLUSHDB in batch:  # rare: it drops what is queued before it, which append knows how to do
-            for offset, record in enumerate(batch):
-                self.append(first_seq + offset, record)
-            return
-        frames = [encode_frame(record) for record in batch]
-        size = sum(map(len, frames))
-        with self._lock:
-            self._last_seq = first_seq + len(batch) - 1
-            if self._sealed_seq is not None:
-                return  # the final flush is done; wait(seq) will refuse to reveal these records
             self._buffer += frames
-            self._buffer_bytes += size
+            self._buffer_bytes += sum(map(len, frames))
             if self._compact_tail is not None:
                 self._compact_tail += frames
-            if self._flusher_idle:
+            if self._flusher_idle:  # a busy flusher checks the buffer again before it waits
                 self._work.notify()
 
     def wait(self, seq: int, write_seq: int = 0, snapshots: int = 0) -> None:
@@ -543,6 +528,7 @@ class AppendOnlyFile:
         swapped so that a compactor switching files never races a batch in hand.
         The waiters the batch settles are called back once both locks are let go.
         """
+        failure = None
         with self._io_lock:
             with self._lock:
                 if self._failed:
@@ -553,11 +539,10 @@ class AppendOnlyFile:
                 upto = self._last_seq
                 if final:
                     self._sealed_seq = upto
-                if not batch and not empty_first:
-                    # Nothing to write; after a seal, waiters beyond it learn they never will be.
+                idle = not batch and not empty_first
+                if idle:  # nothing to write; after a seal, waiters beyond it learn they never will be
                     settled = self._take_settled()
-                    batch = None
-            if batch is not None:
+            if not idle:
                 try:
                     if empty_first:
                         self._install_empty_file()
@@ -568,13 +553,12 @@ class AppendOnlyFile:
                 except OSError as exc:
                     failure = exc
                 else:
-                    failure = None
                     self._size += len(data)
                     self._last_fsync = time.time()
                     with self._lock:
                         self._durable_seq = upto
                         settled = self._take_settled()
-        if batch is not None and failure is not None:
+        if failure is not None:
             self._fatal("cannot write or fsync append-only file %s: %s" % (self.path, failure))
             return False
         self._call_back(settled)
