@@ -57,3 +57,39 @@ def test_replies_to_a_pipeline_of_big_reads_go_out_a_slice_at_a_time():
     unpacker.feed(b"".join(sock.sent))
     replies = list(unpacker)
     assert replies == [{"status": "OK", "value": value}] * 20
+
+
+def decoded(sent: list) -> list:
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(b"".join(sent))
+    return list(unpacker)
+
+
+def sets(first: int, count: int) -> bytes:
+    return b"".join(msgpack.packb({"command": "SET", "key": "k%d" % i, "value": "v"})
+                    for i in range(first, first + count))
+
+
+def test_a_pipeline_of_writes_answered_ok_goes_out_in_one_send():
+    engine = Engine(Store(), SystemClock())
+    sock = serve(engine, [sets(0, 16)])
+    assert len(sock.sent) == 1 and decoded(sock.sent) == [{"status": "OK"}] * 16
+
+
+def test_a_pipeline_with_one_reply_other_than_ok_gets_each_reply_in_its_place():
+    engine = Engine(Store(), SystemClock())
+    engine.execute({"command": "SET", "key": "k3", "value": "old"}, Context(engine))
+    last = msgpack.packb({"command": "GET", "key": "k3"})
+    sock = serve(engine, [sets(0, 6) + last])
+    replies = decoded(sock.sent)
+    assert replies[:3] == [{"status": "OK"}] * 3 and replies[4:6] == [{"status": "OK"}] * 2
+    assert replies[3]["code"] == "KEY_EXISTS" and replies[6] == {"status": "OK", "value": "old"}
+
+
+def test_more_oks_than_a_slice_holds_go_out_a_slice_at_a_time():
+    engine = Engine(Store(), SystemClock())
+    count = net.OKS_PER_SLICE + 10
+    sock = serve(engine, [sets(0, count)])  # one read: the stand-in socket ignores recv's size
+    assert len(sock.sent) > 1
+    assert decoded(sock.sent) == [{"status": "OK"}] * count
+    assert all(len(data) <= net.SEND_SLICE_BYTES + len(net.OK_BYTES) for data in sock.sent)
