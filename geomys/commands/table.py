@@ -208,8 +208,6 @@ def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict, Any, Any], tuple]
     """
     namespace: dict = {"bad_consistent": _bad_consistent}
     lines = ["def parse(request, store, ctx):"]
-    if spec.fields:
-        lines.append("    get = request.get")
     if spec.is_read:
         lines += ["    if %r in request:" % CONSISTENT,
                   "        consistent = request[%r]" % CONSISTENT,
@@ -219,7 +217,7 @@ def compile_parser(spec: CommandSpec) -> tuple[Callable[[dict, Any, Any], tuple]
     for i, field in enumerate(spec.fields):
         value, read = "value%d" % i, "read%d" % i
         namespace[read] = _field_reader(spec.name, field)
-        lines.append("    %s = get(%r)" % (value, field.name))
+        lines.append("    %s = request.get(%r)" % (value, field.name))  # a method call: no bound method made
         if field.convert in KEEPS_STR:
             lines += ["    if type(%s) is not str:" % value, "        %s = %s(%s)" % (value, read, value)]
         elif field.required or field.default is not None:
