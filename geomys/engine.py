@@ -288,7 +288,7 @@ class Engine:
                 if forwarder is not None and spec.is_write:
                     rest = run[len(replies) - before:]  # each command run so far added one reply
                     break
-                if spec.denies_oom and store.used_bytes >= data_limit:
+                if store.used_bytes >= data_limit and spec.denies_oom:
                     # Checked where writes execute: on a cluster's leader,
                     # so writes forwarded to it get the same answer.
                     append(self._oom_reply)
