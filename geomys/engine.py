@@ -101,7 +101,7 @@ class Context:
                  is_connected: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
         self.authenticated = not engine.requirepass
-        self.now_ms = 0
+        self.now_ms = 0            # the instant of the current hold of the store lock (see now())
         self.wait_seq = 0          # newest record this connection's replies may reveal
         self.write_seq = 0         # newest record its own writes produced
         self.snapshots = -1        # Engine.snapshots at its oldest reply not yet settled; -1: none
@@ -111,6 +111,17 @@ class Context:
         self.address = address
         self.forwarded = False     # a write another node forwarded here: never forward it again
         self.read_floor = 0        # a follower: the newest entry its forwarded writes made, which its reads must see
+
+
+    def now(self) -> int:
+        """The current hold's instant in ms since the epoch, read from the clock if the hold has not.
+
+        A hold reads the clock only while some key has a TTL; a command that
+        sets one calls this instead of reading `now_ms`.
+        """
+        if not self.now_ms:
+            self.now_ms = self.engine.clock.wall_ms()
+        return self.now_ms
 
 
 class Engine:
@@ -283,7 +294,10 @@ class Engine:
             # and a write's record reaching the sinks.
             forwarder = self.forwarder
             data_limit = self._data_limit
-            ctx.now_ms = self.clock.wall_ms()
+            # The hold's instant, for TTLs. While no key has one, no expiry
+            # check can need it: it stays 0, and a command that sets a TTL
+            # reads the clock through ctx.now().
+            ctx.now_ms = self.clock.wall_ms() if store.expires else 0
             for request, spec, args in run:
                 if forwarder is not None and spec.is_write:
                     rest = run[len(replies) - before:]  # each command run so far added one reply
@@ -300,21 +314,22 @@ class Engine:
                 if spec.is_write:
                     wrote = len(store.effects)
                 append(reply)
-            # The records of the whole hold are numbered at its end, in the
-            # order the store noted them, before the lock is released: the
-            # sinks and any thread the hold woke see the same numbers as if
-            # each had been numbered as it was noted.
-            first = self.seq
-            if store.effects:
-                self._publish()
-            if wrote is not None:
-                # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
-                # confirmed like one: its answer rests on every record up to
-                # it, but not on those of reads after it in the same hold.
-                ctx.write_seq = first + wrote
-            ctx.wait_seq = self.seq
-            if ctx.snapshots < 0:
-                ctx.snapshots = self.snapshots
+            if self.sinks:  # without sinks no record is noted, and no reply waits for one
+                # The records of the whole hold are numbered at its end, in the
+                # order the store noted them, before the lock is released: the
+                # sinks and any thread the hold woke see the same numbers as if
+                # each had been numbered as it was noted.
+                first = self.seq
+                if store.effects:
+                    self._publish()
+                if wrote is not None:
+                    # Even a write that failed (KEY_EXISTS, WRONG_TYPE) is
+                    # confirmed like one: its answer rests on every record up to
+                    # it, but not on those of reads after it in the same hold.
+                    ctx.write_seq = first + wrote
+                ctx.wait_seq = self.seq
+                if ctx.snapshots < 0:
+                    ctx.snapshots = self.snapshots
         if rest:
             writes = 1
             while writes < len(rest) and rest[writes][1].is_write:

@@ -66,7 +66,10 @@ class Store:
         # every mutation so that max_memory costs one comparison per write.
         self.used_bytes = 0
         self._data: dict = {}
-        self._expires: dict = {}
+        # Key -> absolute expiry (ms since epoch) of every key with a TTL. Read,
+        # never changed, outside the store: while it is empty, a hold of the
+        # lock need not read the clock (Engine._run_locked).
+        self.expires: dict = {}
         self._expiry_heap: list = []
         self._heap_order = itertools.count()
         self._waiters: dict = {}
@@ -76,7 +79,7 @@ class Store:
     def get(self, key, now_ms: int) -> Optional[Entry]:
         """Return the live entry at `key`, or None (expiring it if its time has passed)."""
         entry = self._data.get(key)
-        if entry is not None and key in self._expires and self._expires[key] <= now_ms:
+        if entry is not None and key in self.expires and self.expires[key] <= now_ms:
             if self.owns_expiry:
                 self.delete(key)
             return None
@@ -92,7 +95,7 @@ class Store:
 
     def expire_at(self, key) -> Optional[int]:
         """Return the absolute expiry (ms since epoch) of `key`, or None."""
-        return self._expires.get(key)
+        return self.expires.get(key)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -106,7 +109,7 @@ class Store:
     def put(self, key, value: Value, expire_at_ms: Optional[int] = None) -> None:
         """Store a string at `key`, replacing whatever was there."""
         self.changes += 1
-        data, expires = self._data, self._expires
+        data, expires = self._data, self.expires
         old = data.get(key)
         if old is None:
             self.used_bytes += len(key) + len(value) + STRING_ENTRY_OVERHEAD
@@ -188,7 +191,7 @@ class Store:
         """Drop `key` (holding `entry`) and its TTL, and what they were counted for."""
         del self._data[key]
         self.used_bytes -= entry_bytes(key, entry)
-        if self._expires.pop(key, None) is not None:
+        if self.expires.pop(key, None) is not None:
             self.used_bytes -= TTL_OVERHEAD
 
     def flush(self) -> None:
@@ -196,7 +199,7 @@ class Store:
         self.changes += 1
         self.used_bytes = 0
         self._data.clear()
-        self._expires.clear()
+        self.expires.clear()
         self._expiry_heap.clear()
         if self.record_effects:
             self.effects.append(("FLUSHDB",))
@@ -211,7 +214,7 @@ class Store:
         """
         if not self.owns_expiry:
             return 0
-        heap, expires = self._expiry_heap, self._expires
+        heap, expires = self._expiry_heap, self.expires
         removed = 0
         while heap and heap[0][0] <= now_ms and removed < limit:
             at, _, key = heapq.heappop(heap)
@@ -233,7 +236,7 @@ class Store:
 
     def snapshot(self) -> list[tuple]:
         """Copy the keyspace as effect records that rebuild it (a quick in-memory copy)."""
-        expires = self._expires
+        expires = self.expires
         records = []
         for key, entry in self._data.items():
             if type(entry) is deque:
@@ -244,14 +247,14 @@ class Store:
 
     def entries(self) -> Iterator[tuple]:
         """Yield (key, entry, expire_at_ms) for every stored key, expired or not."""
-        expires = self._expires
+        expires = self.expires
         for key, entry in self._data.items():
             yield key, entry, expires.get(key)
 
     def replace_contents(self, other: "Store") -> None:
         """Take over `other`'s keys and TTLs, dropping ours; blocked clients stay queued."""
         self.changes += 1
-        self._data, self._expires, self._expiry_heap = other._data, other._expires, other._expiry_heap
+        self._data, self.expires, self._expiry_heap = other._data, other.expires, other._expiry_heap
         self._heap_order = other._heap_order
         self.used_bytes = other.used_bytes
         for key, waiters in self._waiters.items():

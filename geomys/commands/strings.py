@@ -8,8 +8,12 @@ from .table import DENYOOM, OK, WRITE, CommandSpec, Field, to_key, to_str, to_tt
 
 def set_(store, ctx, key, value, ttl_ms):
     """SET key value [exp] -> OK. Never overwrites: an existing key is KEY_EXISTS."""
-    now_ms = ctx.now_ms
-    if not store.add(key, value, None if ttl_ms is None else now_ms + ttl_ms, now_ms):
+    if ttl_ms is None:
+        added = store.add(key, value, None, ctx.now_ms)
+    else:
+        now_ms = ctx.now()
+        added = store.add(key, value, now_ms + ttl_ms, now_ms)
+    if not added:
         raise KeyExists("key %s already exists" % describe_key(key))
     return OK
 

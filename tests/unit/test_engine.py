@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from geomys.commands import BLOCKING, TABLE
 from geomys.errors import BY_CODE, NoLeader
-from tests.fakes import EPOCH_MS, Harness, RecordingSink, assert_error
+from tests.fakes import EPOCH_MS, FakeClock, Harness, RecordingSink, assert_error
 
 ERROR_CODES = set(BY_CODE)
 
@@ -205,6 +205,44 @@ def test_a_follower_forwards_each_run_of_writes_and_runs_the_reads_between_them_
     assert [reply.get("value") for reply in replies[:5]] == ["from the leader", "here", "from the leader",
                                                              "from the leader", "here"]
     assert_error(replies[5], "BAD_REQUEST", "value")  # refused here, never forwarded
+
+
+class CountingClock(FakeClock):
+    """A FakeClock that counts its wall_ms reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def wall_ms(self) -> int:
+        self.reads += 1
+        return super().wall_ms()
+
+
+def test_a_hold_reads_the_clock_only_while_some_key_has_a_ttl(h):
+    h.engine.clock = clock = CountingClock()
+    h.ok("SET", key="plain", value="v")
+    assert h.value("GET", key="plain") == "v" and clock.reads == 0
+    h.ok("SET", key="brief", value="v", exp=1000)  # a TTL is measured from the clock, not from 0
+    assert clock.reads == 1 and h.store.expire_at("brief") == EPOCH_MS + 1000
+    assert h.value("GET", key="plain") == "v" and clock.reads == 2  # a key has a TTL now
+    clock.advance(1.0)
+    assert_error(h.run("GET", key="brief"), "NOT_FOUND", "brief")  # expired, and deleted by the read
+    reads = clock.reads
+    assert h.value("GET", key="plain") == "v" and clock.reads == reads
+
+
+def test_a_ttl_set_within_a_hold_counts_from_the_clock_for_the_rest_of_it(h):
+    replies = []
+    h.engine.execute_batch([{"command": "SET", "key": "a", "value": "1"},
+                            {"command": "SET", "key": "b", "value": "2", "exp": 5},
+                            {"command": "GET", "key": "b"},
+                            {"command": "SET", "key": "c", "value": "3", "exp": 7}], h.ctx, replies)
+    assert [r["status"] for r in replies] == ["OK"] * 4 and replies[2]["value"] == "2"
+    assert (h.store.expire_at("b"), h.store.expire_at("c")) == (EPOCH_MS + 5, EPOCH_MS + 7)
+    h.clock.advance(0.006)
+    assert_error(h.run("GET", key="b"), "NOT_FOUND", "b")
+    assert h.value("GET", key="c") == "3"
 
 
 def test_password_check_compares_exactly(h):
