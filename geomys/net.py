@@ -241,9 +241,8 @@ class ClientHandler(socketserver.BaseRequestHandler):
         oks = _all_ok(pending)
         if oks is not None:
             return oks
-        pack, out, size = self.packer.pack, [], 0
-        for reply in pending:
-            data = OK_BYTES if reply is OK else pack(reply)
+        out, size = [], 0
+        for data in map(self.packer.pack, pending):  # map packs one reply per turn of the loop
             size += len(data)
             if size >= SEND_SLICE_BYTES:
                 return None  # sent a slice at a time by _send, which packs them again
@@ -265,11 +264,10 @@ class ClientHandler(socketserver.BaseRequestHandler):
         # Packed and sent a slice at a time: a client that pipelines many
         # reads of a big value and never reads the answers blocks this
         # thread in sendall instead of growing the server's memory. The size
-        # is checked after every reply, so no more than a slice and one
-        # reply are ever packed and not yet sent.
+        # is checked after every reply (map packs one per turn of the loop),
+        # so no more than a slice and one reply are ever packed and not yet sent.
         out, size = [], 0
-        for reply in pending:
-            data = OK_BYTES if reply is OK else pack(reply)
+        for data in map(pack, pending):
             out.append(data)
             size += len(data)
             if size >= SEND_SLICE_BYTES:

@@ -79,7 +79,9 @@ class Store:
     def get(self, key, now_ms: int) -> Optional[Entry]:
         """Return the live entry at `key`, or None (expiring it if its time has passed)."""
         entry = self._data.get(key)
-        if entry is not None and key in self.expires and self.expires[key] <= now_ms:
+        # A key with a TTL is always in _data, so a TTL found means an entry;
+        # and while no key has a TTL there is nothing to look up.
+        if self.expires and key in self.expires and self.expires[key] <= now_ms:
             if self.owns_expiry:
                 self.delete(key)
             return None
