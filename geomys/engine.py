@@ -101,7 +101,8 @@ class Context:
                  is_connected: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
         self.authenticated = not engine.requirepass
-        self.now_ms = 0            # the instant of the current hold of the store lock (see now())
+        self.now_ms = 0            # the current hold's instant, or 0 while no key has a TTL (see now())
+        # Kept only while the engine has sinks, the only readers of these three:
         self.wait_seq = 0          # newest record this connection's replies may reveal
         self.write_seq = 0         # newest record its own writes produced
         self.snapshots = -1        # Engine.snapshots at its oldest reply not yet settled; -1: none
@@ -112,12 +113,12 @@ class Context:
         self.forwarded = False     # a write another node forwarded here: never forward it again
         self.read_floor = 0        # a follower: the newest entry its forwarded writes made, which its reads must see
 
-
     def now(self) -> int:
         """The current hold's instant in ms since the epoch, read from the clock if the hold has not.
 
         A hold reads the clock only while some key has a TTL; a command that
-        sets one calls this instead of reading `now_ms`.
+        sets one calls this instead of reading `now_ms`. Meant for handlers,
+        which run inside a hold: between holds the instant is a stale one.
         """
         if not self.now_ms:
             self.now_ms = self.engine.clock.wall_ms()
@@ -314,7 +315,9 @@ class Engine:
                 if spec.is_write:
                     wrote = len(store.effects)
                 append(reply)
-            if self.sinks:  # without sinks no record is noted, and no reply waits for one
+            # Without sinks no record is noted (only add_sink turns the store's
+            # record_effects on) and no reply waits for one.
+            if self.sinks:
                 # The records of the whole hold are numbered at its end, in the
                 # order the store noted them, before the lock is released: the
                 # sinks and any thread the hold woke see the same numbers as if

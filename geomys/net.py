@@ -36,8 +36,9 @@ GARBAGE_RUN = 8
 PREAUTH_MAX_REQUEST_BYTES = 16 * 1024
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 OK_BYTES = protocol.new_packer().pack(OK)  # the commonest reply, packed once
-# A pipeline of writes answered OK goes out as OK_BYTES repeated, made in one
-# step, as long as that stays within a slice.
+# A pipeline answered only OK (writes, mostly) goes out as OK_BYTES repeated,
+# made in one step, as long as that stays within a slice. One read cannot
+# hold that many requests today; the bound keeps the slice rule if it could.
 OKS_PER_SLICE = SEND_SLICE_BYTES // len(OK_BYTES)
 # A TLS client has this long to finish its handshake.
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
@@ -305,9 +306,10 @@ class ClientHandler(socketserver.BaseRequestHandler):
 
 
 def _all_ok(pending: list) -> Optional[bytes]:
-    """The replies packed at once if every one is OK and they fit in a slice (a pipeline of writes); else None.
+    """The replies packed at once if every one is OK and they fit in a slice; else None.
 
-    The first reply rules out most other pipelines at the cost of one test.
+    `pending` must not be empty. The first reply rules out most other
+    pipelines at the cost of one test.
     """
     count = len(pending)
     if pending[0] is OK and count <= OKS_PER_SLICE and pending.count(OK) == count:

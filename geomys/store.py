@@ -79,12 +79,12 @@ class Store:
     def get(self, key, now_ms: int) -> Optional[Entry]:
         """Return the live entry at `key`, or None (expiring it if its time has passed)."""
         entry = self._data.get(key)
-        # A key with a TTL is always in _data, so a TTL found means an entry;
-        # and while no key has a TTL there is nothing to look up.
-        if self.expires and key in self.expires and self.expires[key] <= now_ms:
-            if self.owns_expiry:
-                self.delete(key)
-            return None
+        if self.expires:  # while no key has a TTL there is nothing to look up
+            expire_at = self.expires.get(key)
+            if expire_at is not None and expire_at <= now_ms:
+                if self.owns_expiry:
+                    self.delete(key)
+                return None
         return entry
 
     def next_expiry(self) -> Optional[int]:

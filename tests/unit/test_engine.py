@@ -230,17 +230,22 @@ def test_a_hold_reads_the_clock_only_while_some_key_has_a_ttl(h):
     assert_error(h.run("GET", key="brief"), "NOT_FOUND", "brief")  # expired, and deleted by the read
     reads = clock.reads
     assert h.value("GET", key="plain") == "v" and clock.reads == reads
+    clock.advance(5.0)  # no hold since the last TTL went has kept an old instant
+    h.ok("SET", key="later", value="v", exp=1000)
+    assert h.store.expire_at("later") == clock.wall_ms() + 1000
 
 
-def test_a_ttl_set_within_a_hold_counts_from_the_clock_for_the_rest_of_it(h):
+def test_a_hold_reads_the_clock_once_for_every_ttl_it_sets(h):
+    h.engine.clock = clock = CountingClock()
     replies = []
     h.engine.execute_batch([{"command": "SET", "key": "a", "value": "1"},
                             {"command": "SET", "key": "b", "value": "2", "exp": 5},
                             {"command": "GET", "key": "b"},
                             {"command": "SET", "key": "c", "value": "3", "exp": 7}], h.ctx, replies)
     assert [r["status"] for r in replies] == ["OK"] * 4 and replies[2]["value"] == "2"
+    assert clock.reads == 1
     assert (h.store.expire_at("b"), h.store.expire_at("c")) == (EPOCH_MS + 5, EPOCH_MS + 7)
-    h.clock.advance(0.006)
+    clock.advance(0.006)
     assert_error(h.run("GET", key="b"), "NOT_FOUND", "b")
     assert h.value("GET", key="c") == "3"
 

@@ -86,6 +86,17 @@ def test_a_pipeline_with_one_reply_other_than_ok_gets_each_reply_in_its_place():
     assert replies[3]["code"] == "KEY_EXISTS" and replies[6] == {"status": "OK", "value": "old"}
 
 
+def test_all_ok_packs_only_a_pipeline_answered_only_ok_that_fits_a_slice():
+    ok, other = net.OK, {"status": "OK", "value": "v"}
+    assert net.OKS_PER_SLICE * len(net.OK_BYTES) <= net.SEND_SLICE_BYTES
+    assert net._all_ok([ok] * 3) == net.OK_BYTES * 3
+    assert net._all_ok([ok, {"status": "OK"}]) == net.OK_BYTES * 2  # an equal map packs the same
+    assert net._all_ok([ok, other, ok]) is None
+    assert net._all_ok([other, ok]) is None
+    assert net._all_ok([ok] * net.OKS_PER_SLICE) is not None
+    assert net._all_ok([ok] * (net.OKS_PER_SLICE + 1)) is None
+
+
 def test_more_oks_than_a_slice_holds_go_out_a_slice_at_a_time():
     engine = Engine(Store(), SystemClock())
     count = net.OKS_PER_SLICE + 10
