@@ -236,12 +236,9 @@ class ClientHandler(socketserver.BaseRequestHandler):
 
         One reply is packed whatever its size: sending it needs it whole anyway.
         """
-        if len(pending) == 1:
-            reply = pending[0]
-            return OK_BYTES if reply is OK else self.packer.pack(reply)
-        oks = _all_ok(pending)
-        if oks is not None:
-            return oks
+        data = self._pack_at_once(pending)
+        if data is not None:
+            return data
         out, size = [], 0
         for data in map(self.packer.pack, pending):  # map packs one reply per turn of the loop
             size += len(data)
@@ -250,16 +247,23 @@ class ClientHandler(socketserver.BaseRequestHandler):
             out.append(data)
         return b"".join(out)
 
+    def _pack_at_once(self, pending: list) -> Optional[bytes]:
+        """The replies packed in one step where that is cheap and safe, else None.
+
+        That is one reply (a read of one request, the commonest case without
+        pipelining), or replies that are all OK and fit in a slice.
+        """
+        if len(pending) == 1:
+            reply = pending[0]
+            return OK_BYTES if reply is OK else self.packer.pack(reply)
+        return _all_ok(pending)
+
     def _send(self, pending: list) -> None:
         """Send and clear the pending replies, in this thread."""
-        if len(pending) == 1:  # a read of one request, the commonest case without pipelining
-            reply = pending.pop()
-            self.request.sendall(OK_BYTES if reply is OK else self.packer.pack(reply))
-            return
-        oks = _all_ok(pending)
-        if oks is not None:
+        data = self._pack_at_once(pending)
+        if data is not None:
             pending.clear()
-            self.request.sendall(oks)
+            self.request.sendall(data)
             return
         pack, send = self.packer.pack, self.request.sendall
         # Packed and sent a slice at a time: a client that pipelines many
