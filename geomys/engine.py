@@ -146,10 +146,7 @@ class Engine:
         self._clients: set[Context] = set()
         self._clients_lock = threading.Lock()
         self._finished_commands = 0
-        # Set (under store.lock) while this node must not execute writes itself:
-        # a cluster follower forwards them to its leader through this callable
-        # (a list of requests in, their replies out).
-        self.forwarder: Optional[Callable[[list, Context], list]] = None
+        self._forwarder: Optional[Callable[[list, Context], list]] = None   # see the forwarder property
         # A cluster node's read barrier (geomys.cluster.node): called before a
         # hold of the lock that runs reads, with how many are linearizable and
         # the connection's read_floor; returns once they may be answered, or raises.
@@ -162,6 +159,24 @@ class Engine:
         # plain number so the check costs one comparison and no system call.
         self._data_limit = NO_LIMIT
         self._oom_reply: dict = {}
+        # Whether a write needs a look before it runs (_run_locked): only on a
+        # follower, which forwards it, or under max_memory, which may refuse it.
+        self._check_writes = False
+
+    @property
+    def forwarder(self) -> Optional[Callable[[list, Context], list]]:
+        """Set (under store.lock) while this node must not execute writes itself.
+
+        A cluster follower forwards them to its leader through this callable
+        (a list of requests in, their replies out); None on a leader or a
+        standalone server.
+        """
+        return self._forwarder
+
+    @forwarder.setter
+    def forwarder(self, forwarder: Optional[Callable[[list, Context], list]]) -> None:
+        self._forwarder = forwarder
+        self._update_check_writes()
 
     # -- wiring --------------------------------------------------------------
 
@@ -189,9 +204,13 @@ class Engine:
         self.max_memory = max_memory
         self.baseline_bytes = baseline_bytes
         self._data_limit = max_memory - baseline_bytes if max_memory else NO_LIMIT
+        self._update_check_writes()
         self._oom_reply = error_reply(OutOfMemory(
             "memory in use reached max_memory (%s): commands that add data are refused; "
             "DEL, LPOP, RPOP or FLUSHDB free memory" % format_size(max_memory)))
+
+    def _update_check_writes(self) -> None:
+        self._check_writes = self._forwarder is not None or self._data_limit != NO_LIMIT
 
     def used_memory(self) -> int:
         """The figure max_memory applies to: the baseline plus the data's estimated size."""
@@ -292,22 +311,24 @@ class Engine:
         wrote = None  # after the hold's last write: how many records the store had noted
         with store.lock:
             # Read under the lock: the role cannot change between this test
-            # and a write's record reaching the sinks.
-            forwarder = self.forwarder
-            data_limit = self._data_limit
+            # and a write's record reaching the sinks. A command that adds
+            # data is always a write (CommandSpec checks), so the OOM test is
+            # behind it too.
+            check_writes = self._check_writes
             # The hold's instant, for TTLs. While no key has one, no expiry
             # check can need it: it stays 0, and a command that sets a TTL
             # reads the clock through ctx.now().
             ctx.now_ms = self.clock.wall_ms() if store.expires else 0
             for request, spec, args in run:
-                if forwarder is not None and spec.is_write:
-                    rest = run[len(replies) - before:]  # each command run so far added one reply
-                    break
-                if store.used_bytes >= data_limit and spec.denies_oom:
-                    # Checked where writes execute: on a cluster's leader,
-                    # so writes forwarded to it get the same answer.
-                    append(self._oom_reply)
-                    continue
+                if check_writes and spec.is_write:
+                    if self._forwarder is not None:
+                        rest = run[len(replies) - before:]  # each command run so far added one reply
+                        break
+                    if store.used_bytes >= self._data_limit and spec.denies_oom:
+                        # Checked where writes execute: on a cluster's leader,
+                        # so writes forwarded to it get the same answer.
+                        append(self._oom_reply)
+                        continue
                 try:
                     reply = spec.handler(*args)
                 except Exception as exc:  # a GeomysError, or a bug: one reply, not the connection

@@ -174,6 +174,9 @@ class CommandSpec:
         # Runs under the store lock and never waits: may share a hold of the lock with others.
         set_(self, "is_plain", self.needs_lock and not self.is_blocking)
         set_(self, "denies_oom", DENYOOM in self.flags)
+        if self.denies_oom and not self.is_write:
+            # The engine looks for OOM only among writes (Engine._run_locked).
+            raise ValueError("%s: a command flagged %s must be flagged %s too" % (self.name, DENYOOM, WRITE))
         # Reads the keyspace without changing it: may ask to be linearizable.
         set_(self, "is_read", NOLOCK not in self.flags and WRITE not in self.flags)
         parse, source = compile_parser(self)

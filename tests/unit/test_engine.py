@@ -207,6 +207,15 @@ def test_a_follower_forwards_each_run_of_writes_and_runs_the_reads_between_them_
     assert_error(replies[5], "BAD_REQUEST", "value")  # refused here, never forwarded
 
 
+def test_a_follower_still_forwards_its_writes_after_max_memory_is_lifted(h):
+    forwarded = []
+    h.engine.forwarder = lambda requests, ctx: forwarded.extend(requests) or [{"status": "OK"}] * len(requests)
+    h.engine.set_max_memory(1 << 40, 0)
+    h.engine.set_max_memory(0, 0)
+    h.ok("SET", key="w", value="v")
+    assert [request["key"] for request in forwarded] == ["w"] and h.store.peek("w") is None
+
+
 class CountingClock(FakeClock):
     """A FakeClock that counts its wall_ms reads."""
 

@@ -140,6 +140,18 @@ def test_flushdb_makes_room_for_as_many_writes_as_before():
     assert fill_until_oom(h) == before
 
 
+def test_the_limit_holds_on_a_leader_that_was_a_follower_and_lifting_it_lets_writes_through():
+    # The engine looks at writes before running them only under a limit or
+    # on a follower: changing one must not drop the other's check.
+    h = limited(1000)
+    h.engine.forwarder = lambda requests, ctx: [{"status": "OK"}] * len(requests)
+    h.engine.forwarder = None
+    stored = fill_until_oom(h)
+    h.engine.set_max_memory(0, BASELINE)
+    h.ok("SET", key="unlimited", value="v" * 20)
+    assert h.value("GET", key="unlimited") == "v" * 20 and h.value("EXISTS", key=stored[-1]) == 1
+
+
 def test_a_pipeline_gets_oom_for_the_writes_past_the_limit_only():
     h = limited(1000)
     replies: list = []

@@ -93,6 +93,12 @@ def test_only_the_commands_that_add_data_are_refused_when_memory_is_full():
     assert {spec.name for spec in SPECS if DENYOOM in spec.flags} == {"SET", "INCR", "PUSH"}
 
 
+def test_a_command_that_adds_data_must_be_a_write():
+    # The engine looks for OOM only among writes.
+    with pytest.raises(ValueError, match="denyoom"):
+        CommandSpec("GROW", lambda store, ctx: None, flags=frozenset({DENYOOM}))
+
+
 def test_only_the_blocking_pops_block():
     assert {spec.name for spec in SPECS if BLOCKING in spec.flags} == {"BLPOP", "BRPOP"}
 
