@@ -16,7 +16,7 @@ WRITE = "write"        # changes the keyspace: logged, replicated, forwarded by 
 BLOCKING = "blocking"  # may wait for data; handler returns None to mean "wait"
 NOLOCK = "nolock"      # does not touch the keyspace; runs without the store lock
 NOAUTH = "noauth"      # allowed before AUTH when requirepass is set
-DENYOOM = "denyoom"    # may add data: refused with OOM once max_memory is reached
+DENYOOM = "denyoom"    # may add data: refused with OOM once max_memory is reached; a write too
 
 # The request field a read (GET, LLEN, EXISTS) sets to true to be linearizable
 # on a cluster (docs/cluster.md); other commands ignore it.
